@@ -1,0 +1,191 @@
+"""`receiptlib <verb>`: the command line, a thin front over the library (kebab-case flags, defaults in --help).
+
+    receiptlib synth    --preset quick --seed 0            make the synthetic receipt photos
+    receiptlib train    --data DIR --run NAME              train ResNet18 (also under torchrun)
+    receiptlib evaluate --run NAME --split val             closed-set (and, with --thresholds, open-set) metrics
+    receiptlib fit-other --run NAME                        fit Other thresholds on val, save thresholds.json
+    receiptlib predict  --run NAME PATH... --out preds.csv label photos; every input gets one row
+    receiptlib report   --preset quick                     generate data and execute every notebook in order
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def _synth(args) -> int:
+    from . import synth
+
+    out = Path(args.out) if args.out else synth.dataset_dir(args.preset, seed=args.seed, root=args.root)
+    start = time.time()
+    path = synth.generate(out, args.preset, seed=args.seed, workers=args.workers)
+    print(f"{path}: ready in {time.time() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _report(args) -> int:
+    from . import report
+
+    params = {}
+    if args.data_dir:
+        params["DATA_DIR"] = str(Path(args.data_dir).resolve())
+    try:
+        report.run_report(preset=args.preset, seed=args.seed, only=args.only, workers=args.workers,
+                          output_dir=args.output_dir, parameters=params,
+                          log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except report.NotebookFailed as err:
+        print(f"receiptlib report: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(args):
+    from . import runs
+
+    path = Path(args.run)
+    return runs.Run(path if path.is_dir() else Path(args.runs_root) / args.run)
+
+
+def _fit_other(args) -> int:
+    from . import openset
+
+    run = _run(args)
+    params = {"k": args.k, "rule": args.rule, "classes": run.known_classes} if args.method == "per-class-logit" else {}
+    if args.method == "per-class-logit" and args.override:
+        params["overrides"] = dict(_override(o) for o in args.override)
+    if args.method == "global-softmax":
+        params = {"threshold": args.threshold}
+    detector = openset.make_detector(args.method, **params).fit(openset.Outputs.from_run(run, "val"))
+    out = Path(args.out) if args.out else run.path / "thresholds.json"
+    openset.save_thresholds(out, detector, classes=run.classes, run=run.name)
+    val = openset.evaluate(detector, run.outputs("val"))
+    print(f"{out}: {args.method} fitted on val ({val['n']} photos): macro-F1 {val['macro_f1']:.4f}, Other F1 {val['other_f1']:.4f}")
+    return 0
+
+
+def _override(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise SystemExit(f"receiptlib fit-other: --override {text!r}: expected CLASS=THRESHOLD, e.g. Brunvik=9.5") from None
+
+
+def _evaluate(args) -> int:
+    from . import openset
+    from .runs import write_json
+
+    run = _run(args)
+    closed = run.evaluate(args.split)
+    print(f"{run.path} {args.split}: closed-set accuracy {closed['accuracy']:.4f} on {closed['n_known']} known photos")
+    if args.thresholds:
+        detector = openset.load_thresholds(args.thresholds, classes=run.classes)
+        result = openset.evaluate(detector, run.outputs(args.split))
+        result = {"split": args.split, "thresholds": str(args.thresholds), **result}
+        out = run.path / f"evaluation_{args.split}_other.json"
+        write_json(out, result)
+        print(f"with Other ({result['n_other']} Other photos): macro-F1 {result['macro_f1']:.4f}, "
+              f"Other precision {result['other_precision']:.4f} recall {result['other_recall']:.4f} F1 {result['other_f1']:.4f}; saved {out}")
+    return 0
+
+
+def _predict(args) -> int:
+    from . import data, openset, predict
+
+    run = _run(args)
+    model = run.load_model(device=args.device)
+    other_fn = None
+    if args.thresholds:
+        other_fn = predict.detector_other_fn(openset.load_thresholds(args.thresholds, classes=run.classes), len(run.known_classes))
+    transform = data.eval_transform(image_size=run.config["recipe"]["image_size"])
+    return predict.predict_to_file(args.paths, model=model, classes=run.known_classes, transform=transform, out=args.out,
+                                   format=args.format, other_fn=other_fn, batch_size=args.batch_size, workers=args.workers,
+                                   device=args.device, recursive=not args.no_recursive, strict=args.strict)
+
+
+def _delegate(module: str, function: str):
+    """Verbs whose flags live beside their code (train, evaluate): the module parses its own argv."""
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(f"receiptlib.{module}"), function)(argv) or 0)
+    return run
+
+
+# verb -> (help, handler taking the raw argv after the verb)
+DELEGATED = {
+    "train": ("train ResNet18 on a folder data set (see `receiptlib train --help`)", _delegate("train", "main_train")),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="receiptlib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("synth", help="generate a synthetic receipt-photo data set", formatter_class=fmt)
+    p.add_argument("--preset", default="quick", help="tiny (tests), quick (the report), paper (45k+20k photos)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives byte-identical files")
+    p.add_argument("--out", default=None, help="output folder (default: ROOT/synth-PRESET-seedSEED)")
+    p.add_argument("--root", default="data", help="where the default output folder goes")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    p.set_defaults(func=_synth)
+
+    for verb, (help_text, _) in DELEGATED.items():
+        sub.add_parser(verb, help=help_text, add_help=False)
+
+    def run_flags(p):
+        p.add_argument("--run", required=True, help="a run name under --runs-root, or a run folder")
+        p.add_argument("--runs-root", default="data/runs", help="where named runs live")
+
+    p = sub.add_parser("evaluate", help="closed-set metrics of a run; with --thresholds, Other too", formatter_class=fmt)
+    run_flags(p)
+    p.add_argument("--split", choices=("val", "test"), default="val", help="which cached outputs to score")
+    p.add_argument("--thresholds", default=None, help="a thresholds file from `receiptlib fit-other` (fitted on val)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("fit-other", help="fit an Other detector on val and save its thresholds file", formatter_class=fmt)
+    run_flags(p)
+    p.add_argument("--method", default="per-class-logit", choices=("per-class-logit", "global-softmax"),
+                   help="per-class thresholds on the max logit (the paper's) or one softmax threshold")
+    p.add_argument("--k", type=float, default=2.0, help="per-class-logit: thresholds start at mean - k * std")
+    p.add_argument("--rule", default="mean_std", choices=("mean_std", "macro_f1"),
+                   help="per-class-logit: keep mean - k*std, or move each threshold to maximise macro-F1 on val")
+    p.add_argument("--override", nargs="+", default=None, metavar="CLASS=T", help="per-class-logit: fixed thresholds")
+    p.add_argument("--threshold", type=float, default=0.9, help="global-softmax: the threshold on the max softmax")
+    p.add_argument("--out", default=None, help="thresholds file (default: RUN/thresholds.json)")
+    p.set_defaults(func=_fit_other)
+
+    p = sub.add_parser("predict", help="label photos (files and folders) with a trained run", formatter_class=fmt)
+    run_flags(p)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders (searched recursively)")
+    p.add_argument("--thresholds", default=None, help="thresholds file for Other (default: argmax over known chains only)")
+    p.add_argument("--out", default="preds.csv", help="output file; '-' for stdout")
+    p.add_argument("--format", choices=("csv", "mozgalo"), default="csv",
+                   help="csv: one row per input; mozgalo: one label per line ordered by the file names' numeric ids")
+    p.add_argument("--batch-size", type=int, default=32, help="photos per forward pass")
+    p.add_argument("--workers", type=int, default=0, help="loader processes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-recursive", action="store_true", help="do not descend into subfolders")
+    p.add_argument("--strict", action="store_true", help="exit non-zero when any input failed")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("report", help="generate the data and execute notebooks/NN_*.ipynb in order", formatter_class=fmt)
+    p.add_argument("--preset", default="quick", help="data and training preset passed to every notebook")
+    p.add_argument("--seed", type=int, default=0, help="SEED passed to every notebook")
+    p.add_argument("--only", nargs="+", default=None, metavar="NN", help="only notebooks whose name starts with these prefixes")
+    p.add_argument("--data-dir", default=None, help="a folder of real photos (train/, val/, test/) instead of synthetic data")
+    p.add_argument("--output-dir", default=None, help="write executed notebooks here instead of in place")
+    p.add_argument("--workers", type=int, default=None, help="data generation processes (default: all cores)")
+    p.set_defaults(func=_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        return DELEGATED[argv[0]][1](argv[1:])
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)

@@ -1,0 +1,60 @@
+"""Small shared pieces: the reserved Other class, device choice, seeding, progress bars."""
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import Iterable, TypeVar
+
+import numpy as np
+
+OTHER = "Other"  # reserved class name: unknown chains; its label index is len(known classes)
+
+T = TypeVar("T")
+
+
+def pick_device(device: str = "auto"):
+    """Return a torch.device: "auto" takes CUDA when present, else CPU."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use device='auto' or 'cpu'")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def interactive() -> bool:
+    """True in a terminal or an interactive Jupyter kernel; False under CI, papermill via our runner, or pipes.
+
+    RECEIPTLIB_PROGRESS=0/1 forces the answer (the report runner and the tests set 0): tqdm.auto's widget
+    bars stall under papermill, so bars here are always plain text and off when nobody watches.
+    """
+    forced = os.environ.get("RECEIPTLIB_PROGRESS")
+    if forced is not None:
+        return forced not in ("0", "false", "no", "")
+    if os.environ.get("CI"):
+        return False
+    if "ipykernel" in sys.modules:
+        return True
+    return sys.stderr.isatty()
+
+
+def progress(iterable: Iterable[T], **kwargs) -> Iterable[T]:
+    """A text progress bar when someone is watching, else the bare iterable."""
+    if not interactive():
+        return iterable
+    from tqdm.std import tqdm
+
+    return tqdm(iterable, **kwargs)

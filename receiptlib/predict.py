@@ -1,0 +1,268 @@
+"""Batch prediction over files and folders, with an error row per unreadable input; CSV and Mozgalo writers.
+
+Model-agnostic: ``model(x)`` returns the logits of the known classes, and an optional
+``other_fn(logits) -> (is_other, other_score)`` decides Other (the detectors of ``receiptlib.openset``
+via a thresholds file). Without it the label is the argmax and ``other_score = -max_logit`` (higher means
+more likely Other, as the paper's max-logit rule of section VI).
+
+Every input appears exactly once in the result: a folder expands to its image files, a file given by
+name is taken whatever its extension, and a path that does not exist, a folder without images or an
+unreadable image gets a row with an empty label and the error message. Bad files never stop the batch.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from .common import OTHER, pick_device, progress
+from .data import _as_known, _image_files, is_image_file, make_loader, read_image
+
+COLUMNS = ["path", "label", "other_score", "top1", "top1_logit", "top2", "top2_logit", "top3", "top3_logit", "error"]
+TOP_K = 3
+
+
+def expand_inputs(paths: Sequence[str | Path], *, recursive: bool = True) -> list[tuple[str, str]]:
+    """Turn the command-line inputs into ``(path, error)`` rows, ``error == ""`` for a file to read.
+
+    Folders expand to their image files (by extension, recursively unless ``recursive=False``, sorted by
+    relative path; hidden files skipped). A file named explicitly is kept whatever its extension. A file
+    reached twice (named and inside a named folder) is kept once, at its first place.
+    """
+    rows: list[tuple[str, str]] = []
+    seen: set[Path] = set()
+
+    def add(p: Path, error: str = "") -> None:
+        key = p.resolve() if p.exists() else p.absolute()
+        if key in seen:
+            return
+        seen.add(key)
+        rows.append((str(p), error))
+
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            if recursive:
+                files = _image_files(p)
+            else:
+                files = sorted((f for f in p.iterdir() if f.is_file() and is_image_file(f)), key=lambda f: f.name)
+            if not files:
+                add(p, f"{p}: folder contains no image files"
+                       + ("" if recursive else " (not searched recursively)"))
+            for f in files:
+                add(f)
+        elif p.exists():
+            add(p)
+        else:
+            add(p, f"{p}: file not found")
+    return rows
+
+
+class PathDataset(Dataset):
+    """Images from a list of paths, label 0; raises ``ImageReadError`` (the loader turns it into an error row)."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable, draft_size: int | None = None):
+        self.paths = list(paths)
+        self.transform = transform
+        s = draft_size if draft_size is not None else getattr(transform, "image_size", None)
+        self.draft_size = (s, s) if s else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        return self.transform(read_image(self.paths[index], draft_size=self.draft_size)), 0
+
+
+def predict_paths(paths: Sequence[str | Path], *, model: Callable, classes: Sequence[str], transform: Callable,
+                  other_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+                  batch_size: int = 32, workers: int = 0, device: str = "auto",
+                  recursive: bool = True) -> pd.DataFrame:
+    """Predict every image under ``paths``; one row per input (see ``COLUMNS``), in input order.
+
+    ``classes``: the known classes (a saved list with ``Other`` last is accepted). ``transform``: the
+    evaluation transform of the model (e.g. ``data.eval_transform(image_size=...)``).
+    ``model``: a torch module or any callable mapping a (N, 3, H, W) batch to (N, len(classes)) logits;
+    modules are put in eval mode and moved to ``device``.
+    """
+    known = _as_known(classes)
+    rows = expand_inputs(paths, recursive=recursive)
+    n = len(rows)
+    table: dict[str, np.ndarray] = {
+        "path": np.array([p for p, _ in rows], dtype=object),
+        "label": np.full(n, "", dtype=object),
+        "other_score": np.full(n, np.nan),
+        **{f"top{k}": np.full(n, "", dtype=object) for k in range(1, TOP_K + 1)},
+        **{f"top{k}_logit": np.full(n, np.nan) for k in range(1, TOP_K + 1)},
+        "error": np.array([e for _, e in rows], dtype=object),
+    }
+    todo = [i for i, (_, e) in enumerate(rows) if not e]
+    if todo:
+        _predict_into(table, [rows[i][0] for i in todo], np.asarray(todo), model=model, known=known,
+                      transform=transform, other_fn=other_fn, batch_size=batch_size, workers=workers, device=device)
+    return pd.DataFrame({c: table[c] for c in COLUMNS}, columns=COLUMNS)
+
+
+def _predict_into(table, files, at, *, model, known, transform, other_fn, batch_size, workers, device) -> None:
+    dev = pick_device(device)
+    if isinstance(model, torch.nn.Module):
+        model = model.eval().to(dev)
+    loader = make_loader(PathDataset(files, transform), batch_size=batch_size, shuffle=False, workers=workers,
+                         seed=None, on_error="skip", with_index=True, log_failures=False,
+                         pin_memory=dev.type == "cuda")
+    done_idx, logit_batches = [], []
+    with torch.inference_mode():
+        for x, _, idx in progress(loader, desc="predict", unit="batch"):
+            logits = model(x.to(dev, non_blocking=True))
+            if isinstance(logits, (tuple, list)):  # (features, logits) models: keep the logits
+                logits = logits[-1]
+            logits = logits.float().cpu().numpy()
+            if logits.ndim != 2 or logits.shape[1] != len(known):
+                raise ValueError(f"model returned logits of shape {tuple(logits.shape)}; expected (batch, {len(known)}) "
+                                 f"for the {len(known)} known classes: do model and class list come from the same run?")
+            done_idx.append(idx.numpy())
+            logit_batches.append(logits)
+    for f in loader.failures:
+        table["error"][at[f.index]] = f.error
+    if not logit_batches:
+        return
+    rows = at[np.concatenate(done_idx)]
+    logits = np.concatenate(logit_batches).astype(np.float64)
+    order = np.argsort(-logits, axis=1, kind="stable")
+    if other_fn is None:
+        is_other = np.zeros(len(logits), dtype=bool)
+        score = -logits.max(axis=1)
+    else:
+        is_other, score = other_fn(logits)
+        is_other = np.asarray(is_other, dtype=bool).reshape(-1)
+        score = np.asarray(score, dtype=np.float64).reshape(-1)
+        if len(is_other) != len(logits) or len(score) != len(logits):
+            raise ValueError(f"other_fn returned {len(is_other)} decisions and {len(score)} scores for {len(logits)} images")
+    names = np.asarray(known, dtype=object)
+    table["label"][rows] = np.where(is_other, OTHER, names[order[:, 0]])
+    table["other_score"][rows] = score
+    for k in range(min(TOP_K, len(known))):
+        table[f"top{k + 1}"][rows] = names[order[:, k]]
+        table[f"top{k + 1}_logit"][rows] = np.take_along_axis(logits, order[:, k:k + 1], axis=1)[:, 0]
+
+
+def detector_other_fn(detector, num_known: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """An ``other_fn`` from a fitted ``receiptlib.openset`` detector (e.g. ``openset.load_thresholds(FILE)``):
+    Other where the detector predicts the reserved label ``num_known``; its score as ``other_score``."""
+    def other_fn(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(detector.predict(logits)) == num_known, np.asarray(detector.score(logits))
+
+    return other_fn
+
+
+# ----------------------------------------------------------------------------------------------
+# Reporting and writers
+# ----------------------------------------------------------------------------------------------
+
+def counts(df: pd.DataFrame) -> dict[str, int]:
+    """inputs, predicted (rows with a label), other (of those, labelled Other), errors."""
+    failed = df["error"].fillna("").astype(str) != ""
+    return {"inputs": int(len(df)), "predicted": int((~failed).sum()), "other": int((df["label"] == OTHER).sum()),
+            "errors": int(failed.sum())}
+
+
+def summary(df: pd.DataFrame, *, max_errors: int = 3) -> str:
+    """One line for stderr: '12 inputs, 10 predicted (4 Other), 2 errors: a.jpg: empty file; ...'."""
+    c = counts(df)
+    line = f"{c['inputs']} inputs, {c['predicted']} predicted ({c['other']} {OTHER}), {c['errors']} errors"
+    if c["errors"]:
+        errors = df.loc[df["error"].fillna("") != "", "error"].tolist()
+        line += ": " + "; ".join(errors[:max_errors])
+        if len(errors) > max_errors:
+            line += f"; and {len(errors) - max_errors} more (see the error column)"
+    return line
+
+
+def exit_code(df: pd.DataFrame, *, strict: bool = False) -> int:
+    """0 on success; 1 when nothing could be read (no inputs counts as nothing), or with strict=True when any input failed."""
+    c = counts(df)
+    if c["predicted"] == 0:
+        return 1
+    if strict and c["errors"]:
+        return 1
+    return 0
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> None:
+    """All columns, one row per input; ``-`` writes to stdout."""
+    out = sys.stdout if str(path) == "-" else path
+    df.to_csv(out, index=False, columns=COLUMNS, float_format="%.6g")
+
+
+_ID = re.compile(r"(\d+)$")
+
+
+def mozgalo_id(path: str | Path) -> int | None:
+    """The numeric id of a file name: the digits ending its stem ('12.jpg' -> 12, 'img_0012.jpg' -> 12), else None."""
+    m = _ID.search(Path(path).stem)
+    return int(m.group(1)) if m else None
+
+
+def mozgalo_lines(df: pd.DataFrame, *, failed_label: str = OTHER) -> list[str]:
+    """Labels ordered by the numeric id in the file name, as the competition's submissions.
+
+    A row that failed (unreadable or missing file) gets ``failed_label`` (default Other: every line needs
+    a label, and half of the competition's test set is Other). Raises ``ValueError`` naming the files
+    without a numeric id or sharing one; warns when the ids have gaps (lines would shift).
+    """
+    ids = [mozgalo_id(p) for p in df["path"]]
+    missing = [p for p, i in zip(df["path"], ids) if i is None]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ValueError(f"mozgalo format needs a numeric id in every file name (like 123.jpg); none in: {shown}. "
+                         "Rename the files or use --format csv")
+    by_id: dict[int, str] = {}
+    for p, i in zip(df["path"], ids):
+        if i in by_id:
+            raise ValueError(f"mozgalo format: {by_id[i]} and {p} share the id {i}; predict one folder at a time")
+        by_id[i] = p
+    order = np.argsort(np.asarray(ids), kind="stable")
+    sorted_ids = np.asarray(ids)[order]
+    if len(sorted_ids) and sorted_ids[-1] - sorted_ids[0] + 1 != len(sorted_ids):
+        gap = next(int(a) + 1 for a, b in zip(sorted_ids, sorted_ids[1:]) if b != a + 1)
+        warnings.warn(f"mozgalo format: ids run {sorted_ids[0]}..{sorted_ids[-1]} with gaps (first missing: {gap}); "
+                      "lines are in id order without placeholders", stacklevel=2)
+    labels = df["label"].fillna("").astype(str).to_numpy()
+    failed = df["error"].fillna("").astype(str).to_numpy() != ""
+    labels = np.where(failed | (labels == ""), failed_label, labels)
+    return [str(labels[k]) for k in order]
+
+
+def write_mozgalo(df: pd.DataFrame, path: str | Path, *, failed_label: str = OTHER) -> None:
+    """One label per line ordered by the numeric id in the file name (see ``mozgalo_lines``); ``-`` is stdout."""
+    text = "".join(line + "\n" for line in mozgalo_lines(df, failed_label=failed_label))
+    if str(path) == "-":
+        sys.stdout.write(text)
+    else:
+        Path(path).write_text(text)
+
+
+WRITERS = {"csv": write_csv, "mozgalo": write_mozgalo}
+
+
+def predict_to_file(paths: Sequence[str | Path], *, model: Callable, classes: Sequence[str], transform: Callable,
+                    out: str | Path, format: str = "csv",
+                    other_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+                    batch_size: int = 32, workers: int = 0, device: str = "auto", recursive: bool = True,
+                    strict: bool = False, stderr=None) -> int:
+    """What ``receiptlib predict`` does once it has a model: predict, write ``out``, print the summary to
+    stderr, and return the exit code (see ``exit_code``)."""
+    if format not in WRITERS:
+        raise ValueError(f"format={format!r}: expected one of {sorted(WRITERS)}")
+    df = predict_paths(paths, model=model, classes=classes, transform=transform, other_fn=other_fn,
+                       batch_size=batch_size, workers=workers, device=device, recursive=recursive)
+    WRITERS[format](df, out)
+    print(summary(df), file=stderr or sys.stderr)
+    return exit_code(df, strict=strict)

@@ -1,0 +1,200 @@
+"""The report: execute notebooks/NN_*.ipynb in order through papermill, and the helper each notebook uses.
+
+A notebook opens with
+
+    nb = rl.report.Notebook("04_thresholds", preset=PRESET, seed=SEED, data_root=DATA_ROOT,
+                            figures_dir=FIGURES_DIR, results_dir=RESULTS_DIR)
+
+and then asks it for its data (`nb.dataset()`), its trained run (`nb.run()`), saves figures
+(`nb.savefig(fig, "max_logit")` -> figures/04_max_logit.png) and finally its results
+(`nb.save_results({...})` -> results/04_thresholds.json). Every notebook therefore runs standalone on a
+fresh clone: the library generates or trains what is missing and reuses what exists.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+
+
+# --------------------------------------------------------------------------------------------------
+# Inside a notebook
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain-JSON copy of results: numpy scalars and arrays become numbers and lists, NaN becomes null."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass
+class Notebook:
+    """What a report notebook needs from its parameters cell, in one object."""
+
+    name: str                      # "NN_topic": prefix of figures, name of the results file
+    preset: str = "quick"          # synthetic data preset and matching training preset
+    seed: int = 0
+    data_root: str | Path = "data"  # synthetic data sets and runs/ live here
+    data_dir: str | Path | None = None     # a folder of real photos in the same layout replaces the synthetic data
+    figures_dir: str | Path = "figures"
+    results_dir: str | Path = "results"
+    started: float = field(default_factory=time.time, repr=False)
+
+    def __post_init__(self):
+        self.data_root = Path(self.data_root)
+        self.figures_dir = Path(self.figures_dir)
+        self.results_dir = Path(self.results_dir)
+        from . import plots
+
+        plots.setup()
+
+    def dataset(self) -> Path:
+        """The data folder: DATA_DIR when given, else the synthetic preset (generated once, then reused)."""
+        if self.data_dir is not None:
+            path = Path(self.data_dir)
+            if not (path / "train").is_dir():
+                raise FileNotFoundError(f"DATA_DIR={str(path)!r} has no train/ folder; expected train/, val/, test/ with one subfolder per chain")
+            return path
+        from . import synth
+
+        return synth.ensure_dataset(self.preset, seed=self.seed, root=self.data_root)
+
+    def train_config(self, **overrides):
+        """The training configuration of this preset (rl.runs.report_config), with overrides."""
+        from . import runs
+
+        config = runs.report_config(self.preset, seed=self.seed, data_dir=self.dataset())
+        if overrides:
+            import dataclasses
+
+            config = dataclasses.replace(config, **overrides)
+        return config
+
+    def run(self, **overrides):
+        """The trained run of this preset: reused when it exists, trained otherwise."""
+        from . import runs
+
+        return runs.get_or_train(self.train_config(**overrides), runs_root=self.data_root / "runs")
+
+    def savefig(self, fig, name: str) -> Path:
+        from . import plots
+
+        return plots.savefig(fig, f"{self.name[:2]}_{name}", self.figures_dir)
+
+    def save_results(self, results: dict) -> Path:
+        """Write results/<name>.json with the preset, seed, device and date it was produced with."""
+        import torch
+
+        from .common import pick_device
+
+        device = pick_device("auto")
+        meta = {
+            "notebook": self.name,
+            "preset": self.preset,
+            "seed": self.seed,
+            "data_dir": str(self.data_dir) if self.data_dir is not None else None,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+            "date": time.strftime("%Y-%m-%d"),
+            "seconds": round(time.time() - self.started, 1),
+        }
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        path = self.results_dir / f"{self.name}.json"
+        path.write_text(json.dumps(_jsonable({"meta": meta, **results}), indent=2) + "\n")
+        return path
+
+
+# --------------------------------------------------------------------------------------------------
+# The runner behind `receiptlib report` and `make report`
+
+
+class NotebookFailed(RuntimeError):
+    pass
+
+
+def notebooks(notebooks_dir: str | Path = "notebooks", only: list[str] | None = None) -> list[Path]:
+    """The report's notebooks in order; `only` keeps those whose name starts with one of the given prefixes."""
+    found = sorted(Path(notebooks_dir).glob(NOTEBOOK_GLOB))
+    if only:
+        found = [p for p in found if any(p.name.startswith(o) for o in only)]
+        if not found:
+            raise FileNotFoundError(f"no notebook in {notebooks_dir} matches {only}")
+    return found
+
+
+def execute(notebook: str | Path, output: str | Path, parameters: dict, *, kernel_name: str = "python3",
+            cwd: str | Path | None = None) -> float:
+    """Execute one notebook through papermill; returns seconds. Raises NotebookFailed naming the cell."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    notebook, output = Path(notebook), Path(output)
+    # Progress bars off inside the kernel (it inherits this environment): tqdm bars stall papermill logs.
+    os.environ["RECEIPTLIB_PROGRESS"] = "0"
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    start = time.time()
+    try:
+        papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=kernel_name,
+                                   cwd=str(cwd or notebook.parent), progress_bar=False, log_output=False)
+    except PapermillExecutionError as err:
+        source = err.source.strip().splitlines()
+        first = source[0] if source else ""
+        raise NotebookFailed(f"{notebook.name} failed in cell {err.cell_index} (execution count {err.exec_count}: "
+                             f"{first!r}): {err.ename}: {err.evalue}; the executed copy is {output}") from None
+    return time.time() - start
+
+
+def run_report(*, preset: str = "quick", seed: int = 0, only: list[str] | None = None,
+               notebooks_dir: str | Path = "notebooks", output_dir: str | Path | None = None,
+               parameters: dict | None = None, workers: int | None = None, log=print) -> list[dict]:
+    """Generate the preset's data, then execute every notebook in order (in place unless output_dir).
+
+    Run it from the repository root (paths default to ./notebooks and ./data). Notebooks execute with
+    notebooks/ as working directory, so their own defaults (../data, ../figures, ../results) agree.
+    Stops at the first failing notebook; the failed execution is kept as NN_name.failed.ipynb beside it.
+    """
+    from . import synth
+
+    params = {"PRESET": preset, "SEED": seed, **(parameters or {})}
+    data_root = Path(params.get("DATA_ROOT", "data"))
+    if params.get("DATA_DIR") is None:
+        start = time.time()
+        path = synth.ensure_dataset(preset, seed=seed, root=data_root, workers=workers)
+        log(f"data: {path} ready in {time.time() - start:.0f} s")
+    timings = []
+    for nb in notebooks(notebooks_dir, only):
+        target = Path(output_dir) / nb.name if output_dir else nb
+        scratch = target.with_name(target.stem + ".running.ipynb")
+        try:
+            seconds = execute(nb, scratch, params, cwd=nb.parent)
+        except NotebookFailed:
+            scratch.replace(target.with_name(target.stem + ".failed.ipynb"))
+            raise
+        scratch.replace(target)
+        timings.append({"notebook": nb.name, "seconds": round(seconds, 1)})
+        log(f"{nb.name}: {seconds:.0f} s")
+    log(f"report: {len(timings)} notebooks in {sum(t['seconds'] for t in timings):.0f} s")
+    return timings
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use `receiptlib report`")

@@ -1,0 +1,16 @@
+"""The synthetic receipt-photo world: the default data set, since the competition's photos are not public.
+
+chains (identities of known and unknown chains, lookalikes) -> render (a flat receipt) -> photo (a phone
+photo of it, every distortion recorded) -> writer (presets, splits, folders, manifest, resumable generation).
+"""
+from __future__ import annotations
+
+from .chains import Chain, World, make_world
+from .photo import DISTORTIONS, photograph
+from .render import render_receipt
+from .writer import (PRESETS, SynthConfig, dataset_dir, ensure_dataset, generate, hard_other_examples, is_complete, make_photo,
+                     plan, read_manifest)
+
+__all__ = ["SynthConfig", "PRESETS", "generate", "ensure_dataset", "dataset_dir", "is_complete", "make_world", "World",
+           "Chain", "render_receipt", "photograph", "DISTORTIONS", "make_photo", "plan",
+           "read_manifest", "hard_other_examples"]

@@ -1,0 +1,471 @@
+"""Tests of receiptlib.openset on synthetic cached outputs made with numpy (no network, no training)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, roc_auc_score
+
+from receiptlib import openset as os_
+from receiptlib.openset import (KNN, Energy, GlobalSoftmax, LogitDistance, Mahalanobis, MaxLogit, MaxSoftmax,
+                                Outputs, PerClassLogit, Voting)
+
+CLASSES = ["JewelOsco", "Aldi", "Bilo", "Coop", "Dm"]  # known classes; Other is index 5
+C = len(CLASSES)
+# mean and spread of the true-class logit per class: class 0 is naturally high, like the paper's
+# JewelOsco, so one global threshold cannot serve every class (section VI)
+MEANS = np.array([20.0, 6.0, 8.0, 10.0, 12.0])
+SCALES = np.array([1.5, 0.8, 1.0, 1.2, 1.2])
+
+
+def make_outputs(seed, n_known=60, n_other=150, n_pass=8, dim=16) -> Outputs:
+    """Known classes: Gaussian clusters along one feature direction each, with per-class scales;
+    Other: a weak copy of a known class (max logit below that class's range) or a point between two."""
+    rng = np.random.default_rng(seed)
+    directions = np.eye(dim)[:C]
+    feats, labels = [], []
+    for c in range(C):
+        size = rng.normal(1.0, SCALES[c] / MEANS[c], (n_known, 1))
+        feats.append(directions[c] * size + rng.normal(0, 0.08, (n_known, dim)))
+        labels += [c] * n_known
+    host = rng.integers(0, C, n_other)
+    second = (host + rng.integers(1, C, n_other)) % C
+    between = (rng.random(n_other) < 0.3)[:, None]
+    feats.append(directions[host] * rng.uniform(0.55, 0.75, (n_other, 1))
+                 + np.where(between, directions[second] * 0.4, 0) + rng.normal(0, 0.08, (n_other, dim)))
+    labels += [C] * n_other
+    feats = np.concatenate(feats)
+    w = np.zeros((dim, C))
+    w[np.arange(C), np.arange(C)] = MEANS
+    tta = (feats[:, None, :] + rng.normal(0, 0.15, (len(feats), n_pass, dim))) @ w
+    return Outputs(logits=(feats @ w).astype(np.float32), labels=np.array(labels), features=feats.astype(np.float32),
+                   tta_logits=tta.astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def val():
+    return make_outputs(0)
+
+
+@pytest.fixture(scope="module")
+def test():
+    return make_outputs(1)
+
+
+def macro_f1(labels, pred):
+    """sklearn's macro F1 over the C+1 labels, from a numpy confusion matrix (fast inside loops; checked
+    against sklearn in test_fast_macro_f1_is_sklearns)."""
+    cm = np.bincount(labels * (C + 1) + pred, minlength=(C + 1) ** 2).reshape(C + 1, C + 1)
+    den = cm.sum(0) + cm.sum(1)
+    return float(np.mean(np.divide(2.0 * np.diag(cm), den, out=np.zeros(C + 1), where=den > 0)))
+
+
+def test_fast_macro_f1_is_sklearns(val):
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        pred = np.where(rng.random(len(val.labels)) < 0.3, rng.integers(0, C + 1, len(val.labels)), val.labels)
+        assert macro_f1(val.labels, pred) == pytest.approx(
+            f1_score(val.labels, pred, labels=list(range(C + 1)), average="macro", zero_division=0), abs=1e-12)
+
+
+ALL = [lambda: GlobalSoftmax(), lambda: PerClassLogit(), lambda: PerClassLogit(rule="macro_f1"), lambda: Voting(n=8),
+       lambda: LogitDistance("mahalanobis"), lambda: LogitDistance("mahalanobis", covariance="per_class"),
+       lambda: LogitDistance("knn", k=5), MaxSoftmax, MaxLogit, Energy, Mahalanobis, lambda: KNN(k=10)]
+
+
+# --- every detector -------------------------------------------------------------------------
+@pytest.mark.parametrize("make", ALL)
+def test_detector_fits_predicts_and_scores_other_higher(make, val, test):
+    det = make()
+    assert det.fit(val) is det
+    pred, score = det.predict(test), det.score(test)
+    assert pred.shape == score.shape == test.labels.shape and np.isfinite(score).all()
+    assert set(np.unique(pred)) <= set(range(C + 1)) and (pred == C).any()
+    other = test.labels == C
+    assert score[other].mean() > score[~other].mean()  # one direction for all: higher = Other
+    assert roc_auc_score(other, score) > 0.7
+    assert macro_f1(test.labels, pred) > 0.6
+    # known images not called Other keep the known prediction (argmax, or the vote)
+    kept = pred < C
+    ref = det.known_prediction(test)
+    assert (pred[kept] == ref[kept]).all()
+
+
+@pytest.mark.parametrize("make", ALL)
+def test_unfitted_detector_says_so(make, test):
+    det = make()
+    for call in (det.score, det.predict):
+        with pytest.raises(RuntimeError, match="is not fitted; call fit"):
+            call(test)
+
+
+def test_fit_accepts_arrays_and_run_dicts(val, test):
+    a = PerClassLogit().fit(val.logits, val.labels).predict(test.logits)
+    run_dict = {"logits": val.logits, "labels": val.labels, "features": val.features, "paths": ["x"] * len(val.labels)}
+    b = PerClassLogit().fit(run_dict).predict({"logits": test.logits})
+    assert (a == b).all()
+
+
+def test_missing_inputs_and_wrong_class_count_are_clear(val, test):
+    with pytest.raises(ValueError, match="needs features"):
+        Mahalanobis().fit(Outputs(val.logits, val.labels))
+    with pytest.raises(ValueError, match="needs tta_logits"):
+        Voting().fit(Outputs(val.logits, val.labels))
+    with pytest.raises(ValueError, match="needs val labels"):
+        MaxLogit().fit(val.logits)
+    det = MaxLogit().fit(val)
+    with pytest.raises(ValueError, match="fitted on 5 known classes"):
+        det.score(test.logits[:, :4])
+    with pytest.raises(ValueError, match="labels must be"):
+        Outputs(val.logits, val.labels + 1)
+
+
+def test_macro_f1_rule_needs_other_in_val_and_tpr95_does_not(val):
+    known = val.labels < C
+    only_known = Outputs(val.logits[known], val.labels[known])
+    with pytest.raises(ValueError, match="needs Other images"):
+        MaxLogit().fit(only_known)
+    det = MaxLogit(rule="tpr95").fit(only_known)
+    assert (det.predict(only_known) < C).mean() >= 0.95
+
+
+def test_given_threshold_is_used(val, test):
+    det = MaxLogit(other_threshold=-9.0).fit(val)
+    assert det.other_threshold_ == -9.0
+    assert ((det.predict(test) == C) == (test.logits.max(1) < 9.0)).all()
+
+
+# --- the paper's detectors --------------------------------------------------------------------
+def test_global_softmax_is_the_papers_rule(val, test):
+    det = GlobalSoftmax(0.9).fit(val)
+    p = np.exp(test.logits - test.logits.max(1, keepdims=True))
+    p = (p / p.sum(1, keepdims=True)).max(1)
+    expected = np.where(p < 0.9, C, test.logits.argmax(1))
+    assert (det.predict(test) == expected).all()
+
+
+def test_per_class_thresholds_are_mean_minus_k_std_of_correct_images(val):
+    det = PerClassLogit(k=1.5).fit(val)
+    m, pred = val.logits.max(1).astype(np.float64), val.logits.argmax(1)
+    for c in range(C):
+        sel = m[(val.labels == c) & (pred == c)]
+        assert det.thresholds_[c] == pytest.approx(sel.mean() - 1.5 * sel.std())
+    assert det.thresholds_[0] > det.thresholds_[1] + 8  # the JewelOsco-like class needs a far higher T
+    max_logit = val.logits.max(1)
+    assert ((det.predict(val) == C) == (max_logit < det.thresholds_[pred])).all()
+
+
+def test_per_class_falls_back_to_global_stats_for_rare_classes():
+    logits = np.array([[5.0, 0], [6, 0], [7, 0], [0, 9], [1, 2]])
+    det = PerClassLogit(k=1.0, min_count=3).fit(logits, np.array([0, 0, 0, 1, 2]))
+    assert det.thresholds_[0] == pytest.approx(6 - np.std([5, 6, 7]))
+    assert det.thresholds_[1] == pytest.approx(np.mean([5, 6, 7, 9]) - np.std([5, 6, 7, 9]))
+
+
+def test_overrides_by_index_and_name(val):
+    det = PerClassLogit(overrides={0: 30.0, "Aldi": 1.0}, classes=CLASSES + ["Other"]).fit(val)
+    assert det.thresholds_[0] == 30.0 and det.thresholds_[1] == 1.0
+    tuned = PerClassLogit(overrides={"Aldi": 1.0}, rule="macro_f1", classes=CLASSES).fit(val)
+    assert tuned.thresholds_[1] == 1.0  # overrides stay fixed through the automatic fit
+    with pytest.raises(ValueError, match="'Lidl' is not among the known classes"):
+        PerClassLogit(overrides={"Lidl": 3.0}, classes=CLASSES).fit(val)
+    with pytest.raises(ValueError, match="outside 0..4"):
+        PerClassLogit(overrides={7: 3.0}).fit(val)
+
+
+def test_per_class_logit_beats_global_softmax(val, test):
+    paper = os_.fit_and_evaluate(PerClassLogit(k=2.0), val, test)["macro_f1"]
+    first_try = os_.fit_and_evaluate(GlobalSoftmax(0.9), val, test)["macro_f1"]
+    assert paper > first_try + 0.05
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+@pytest.mark.parametrize("k", [0.5, 2.0, 3.0])
+def test_macro_f1_fit_is_at_least_the_mean_std_start_on_val(seed, k):
+    val = make_outputs(seed)
+    start = PerClassLogit(k=k).fit(val)
+    tuned = PerClassLogit(k=k, rule="macro_f1").fit(val)
+    assert macro_f1(val.labels, tuned.predict(val)) >= macro_f1(val.labels, start.predict(val))
+    again = PerClassLogit(k=k, rule="macro_f1").fit(val)
+    assert (again.thresholds_ == tuned.thresholds_).all()  # deterministic
+
+
+def test_macro_f1_fit_finds_each_class_optimum(val):
+    """Coordinate ascent converged: no single threshold moves to a better val macro-F1."""
+    det = PerClassLogit(rule="macro_f1").fit(val)
+    best = macro_f1(val.labels, det.predict(val))
+    m, pred = val.logits.max(1), val.logits.argmax(1)
+    for c in range(C):
+        for t in np.concatenate([m[pred == c], m[pred == c] + 1e-3]):
+            thresholds = det.thresholds_.copy()
+            thresholds[c] = t
+            trial = np.where(m < thresholds[pred], C, pred)
+            assert macro_f1(val.labels, trial) <= best + 1e-12
+
+
+def test_voting_min_agreement_and_continuous_score(val, test):
+    det = Voting(n=8, min_agreement=0.75).fit(val)
+    votes = np.eye(C)[test.tta_logits.argmax(2)].sum(1)
+    agreement = votes.max(1) / 8
+    assert ((det.predict(test) == C) == (agreement < 0.75)).all()
+    score = det.score(test)
+    lower, higher = agreement[:, None] > agreement[None, :], score[:, None] < score[None, :]
+    assert higher[lower].all()  # the tie-break never reorders agreement levels
+    fitted = Voting(n=4).fit(val)
+    assert 0 < fitted.min_agreement_ <= 1
+    with pytest.raises(ValueError, match="needs 16 augmented passes"):
+        Voting(n=16).fit(val)
+
+
+def test_voting_tie_goes_to_higher_mean_logit():
+    tta = np.array([[[5.0, 1, 0], [1, 6, 0]]])  # one vote each: class 1 has the higher mean logit
+    det = Voting(n=2, min_agreement=0.5).fit(Outputs(tta[:, 0], np.array([0]), tta_logits=tta))
+    assert det.predict(Outputs(tta[:, 0], tta_logits=tta))[0] == 1
+
+
+def test_knn_fitted_on_val_leaves_each_image_out(val):
+    det = KNN(k=1).fit(val)
+    assert (det.knn_(KNN._normalise(val.features), val.labels < C)[val.labels < C] > 0).all()
+    assert det.other_threshold_ > 0
+
+
+# --- metrics -----------------------------------------------------------------------------------
+def test_metrics_hand_computed():
+    labels = np.array([0, 0, 1, 1, 2, 2, 2, 2])  # C = 2 known classes, Other = 2
+    pred = np.array([0, 2, 1, 0, 2, 2, 1, 2])
+    score = np.array([0.1, 0.8, 0.2, 0.3, 0.9, 0.7, 0.4, 0.6])
+    m = os_.metrics(labels, pred, score, num_known=2, known_pred=np.array([0, 0, 1, 0, 0, 1, 1, 0]))
+    # class 0: tp 1, predicted 2, actual 2 -> F1 0.5; class 1: tp 1, predicted 2, actual 2 -> 0.5
+    # Other: tp 3, predicted 4, actual 4 -> P = R = F1 = 0.75
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.5 + 0.75) / 3)
+    assert (m["other_precision"], m["other_recall"], m["other_f1"]) == pytest.approx((0.75, 0.75, 0.75))
+    assert m["known_accuracy"] == 0.5 and m["closed_set_accuracy"] == 0.75
+    # Other scores 0.9 0.7 0.4 0.6 against known 0.1 0.8 0.2 0.3: 13 of 16 pairs ordered right
+    assert m["auroc"] == pytest.approx(13 / 16)
+    # 95% of 4 Other images = all 4: t* = 0.4, known with score >= 0.4: just 0.8 -> 1/4
+    assert m["fpr_at_95_tpr"] == 0.25
+    assert m["confusion"] == [[1, 0, 1], [1, 1, 0], [0, 1, 3]]
+    assert m["macro_f1"] == pytest.approx(macro_f1_sklearn(labels, pred, 2))
+
+
+def macro_f1_sklearn(labels, pred, num_known):
+    return f1_score(labels, pred, labels=list(range(num_known + 1)), average="macro", zero_division=0)
+
+
+def test_metrics_without_score_or_without_other():
+    m = os_.metrics([0, 1, 1], [0, 1, 2], num_known=2)
+    assert m["auroc"] is None and m["fpr_at_95_tpr"] is None and m["closed_set_accuracy"] is None
+    assert m["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)  # Other never true: F1 0, still averaged
+    json.dumps(m)  # plain types only
+
+
+def test_macro_f1_sweep_matches_sklearn_at_every_cut():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 200)
+    known_pred = np.where(rng.random(200) < 0.7, np.minimum(labels, 2), rng.integers(0, 3, 200))
+    scores = np.round(rng.normal(size=200) + (labels == 3), 1)  # rounded: many ties
+    thresholds, f1 = os_.macro_f1_sweep(scores, known_pred, labels, 3)
+    assert len(thresholds) == len(np.unique(scores)) + 1
+    for t, value in zip(thresholds, f1):
+        pred = np.where(scores > t, 3, known_pred)
+        assert value == pytest.approx(macro_f1_sklearn(labels, pred, 3), abs=1e-12)
+
+
+def test_fit_threshold_maximises_val_macro_f1(val):
+    det = MaxLogit().fit(val)
+    best = macro_f1(val.labels, det.predict(val))
+    for t in np.unique(-val.logits.max(1)):
+        pred = np.where(-val.logits.max(1) > t, C, val.logits.argmax(1))
+        assert macro_f1(val.labels, pred) <= best + 1e-12
+
+
+def test_as_other_fn_feeds_predict(val, test):
+    det = PerClassLogit().fit(val)
+    is_other, score = os_.as_other_fn(det)(test.logits)
+    assert (is_other == (det.predict(test) == C)).all() and np.allclose(score, det.score(test))
+    with pytest.raises(ValueError, match="cannot decide Other inside predict"):
+        os_.as_other_fn(KNN().fit(val))
+
+
+def test_fit_and_evaluate_and_detector_table(val, test):
+    result = os_.fit_and_evaluate(MaxLogit(), val, test)
+    assert result["method"] == "max-logit" and result["n"] == len(test.labels)
+    table = os_.detector_table(val, test)
+    assert len(table) == len(os_.default_detectors())
+    assert {"macro_f1", "other_f1", "auroc", "fpr_at_95_tpr", "closed_set_accuracy"} <= set(table.columns)
+    no_extras = os_.detector_table(Outputs(val.logits, val.labels), Outputs(test.logits, test.labels))
+    assert "Voting(n=8)" not in no_extras.index and "KNN()" not in no_extras.index and len(no_extras) == 8
+
+
+def test_train_outputs_are_the_reference_of_distance_detectors(val, test):
+    train = make_outputs(5)
+    a = Mahalanobis(shrinkage=0.0).fit(val, train=train)
+    b = Mahalanobis(shrinkage=0.0).fit(train, train=val)
+    assert not np.allclose(a.means_, b.means_)
+    assert np.allclose(a.means_, [train.features[train.labels == c].mean(0) for c in range(C)])
+
+
+# --- tuner ----------------------------------------------------------------------------------------
+def test_tune_matches_per_class_logit(val):
+    overrides = {"JewelOsco": 19.0}
+    result = os_.tune(val, k=1.0, overrides=overrides, classes=CLASSES)
+    det = PerClassLogit(k=1.0, overrides=overrides, classes=CLASSES).fit(val)
+    pred = det.predict(val)
+    assert result["thresholds"] == dict(zip(CLASSES, det.thresholds_.tolist()))
+    assert result["thresholds"]["JewelOsco"] == 19.0
+    assert result["macro_f1"] == pytest.approx(macro_f1(val.labels, pred))
+    assert result["other_f1"] == pytest.approx(f1_score(val.labels == C, pred == C))
+    assert np.array(result["confusion"]).sum() == len(val.labels)
+    assert isinstance(os_.tune(val, k=2.0)["thresholds"], list)
+
+
+# --- thresholds file ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [lambda: PerClassLogit(k=1.0, overrides={1: 4.0}, rule="macro_f1"),
+                                  lambda: GlobalSoftmax(0.8), MaxSoftmax, MaxLogit, lambda: Energy(temperature=2.0)])
+def test_thresholds_file_round_trip(make, val, test, tmp_path):
+    det = make().fit(val)
+    path = os_.save_thresholds(tmp_path / "thr.json", det, classes=CLASSES + ["Other"], run="quick-seed0")
+    doc = json.loads(path.read_text())
+    assert doc["schema"] == "receiptlib.thresholds" and doc["version"] == 1 and doc["classes"] == CLASSES
+    assert doc["method"] == det.method and doc["run"] == "quick-seed0" and doc["fitted_on"] == "val"
+    loaded = os_.load_thresholds(path, classes=CLASSES + ["Other"])
+    assert type(loaded) is type(det)
+    same = lambda params: {k: v for k, v in params.items() if k not in ("other_threshold", "overrides")}  # noqa: E731
+    assert same(loaded.params) == same(det.params)
+    assert (loaded.predict(test) == det.predict(test)).all()
+    assert np.allclose(loaded.score(test), det.score(test))
+
+
+def test_per_class_file_is_readable(val, tmp_path):
+    det = PerClassLogit(overrides={1: 4.0}).fit(val)
+    doc = json.loads(os_.save_thresholds(tmp_path / "t.json", det, classes=CLASSES).read_text())
+    assert doc["params"] == {"k": 2.0, "overrides": {"Aldi": 4.0}, "rule": "mean_std"}
+    assert doc["thresholds"]["Aldi"] == 4.0 and set(doc["thresholds"]) == set(CLASSES)
+
+
+@pytest.mark.parametrize("make", [Voting, LogitDistance, Mahalanobis, KNN])
+def test_fit_data_detectors_are_not_serialisable(make, val, tmp_path):
+    with pytest.raises(ValueError, match="not serialisable"):
+        os_.save_thresholds(tmp_path / "t.json", make().fit(val), classes=CLASSES)
+
+
+def test_saving_an_unfitted_detector_or_wrong_classes_fails(val, tmp_path):
+    with pytest.raises(RuntimeError, match="not fitted"):
+        os_.save_thresholds(tmp_path / "t.json", PerClassLogit(), classes=CLASSES)
+    with pytest.raises(ValueError, match="4 class names for a detector fitted on 5"):
+        os_.save_thresholds(tmp_path / "t.json", PerClassLogit().fit(val), classes=CLASSES[:4])
+
+
+def _edit(doc, **changes):
+    doc = json.loads(json.dumps(doc))
+    for key, value in changes.items():
+        doc[key] = value
+    return doc
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: "{not json", "malformed JSON"),
+    (lambda d: _edit(d, schema="something.else"), "not a thresholds file"),
+    (lambda d: [1, 2], "not a thresholds file"),
+    (lambda d: _edit(d, version=2), "version 2"),
+    (lambda d: _edit(d, method="knn"), "cannot be loaded"),
+    (lambda d: _edit(d, thresholds={**d["thresholds"], "Lidl": 3.0}), r"unknown class\(es\) \['Lidl'\]"),
+    (lambda d: _edit(d, thresholds={c: 1.0 for c in CLASSES[1:]}), r"missing class\(es\) \['JewelOsco'\]"),
+    (lambda d: _edit(d, thresholds={**d["thresholds"], "Aldi": "high"}), "finite number"),
+    (lambda d: _edit(d, thresholds={**d["thresholds"], "Bilo": float("nan")}), "finite number"),
+    (lambda d: _edit(d, thresholds={**d["thresholds"], "Coop": float("inf")}), "finite number"),
+    (lambda d: _edit(d, classes=["A", "B", "C", "D", "E"], thresholds={c: 1.0 for c in "ABCDE"}), "another model"),
+    (lambda d: _edit(d, classes=CLASSES + ["Other"]), "distinct known class names"),
+    (lambda d: _edit(d, params={"k": 2.0, "colour": "red"}), "bad \"params\""),
+    (lambda d: _edit(d, params={"overrides": {"Lidl": 1.0}}), "'Lidl' is not among"),
+])
+def test_thresholds_file_errors_name_the_file(change, message, val, tmp_path):
+    good = tmp_path / "good.json"
+    os_.save_thresholds(good, PerClassLogit().fit(val), classes=CLASSES)
+    doc = change(json.loads(good.read_text()))
+    bad = tmp_path / "bad.json"
+    bad.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    with pytest.raises(ValueError, match=message) as err:
+        os_.load_thresholds(bad, classes=CLASSES)
+    assert str(bad) in str(err.value)
+
+
+def test_thresholds_file_of_another_model_and_missing_file(val, tmp_path):
+    path = os_.save_thresholds(tmp_path / "t.json", PerClassLogit().fit(val), classes=CLASSES)
+    with pytest.raises(ValueError, match="another model's classes.*same names, different order"):
+        os_.load_thresholds(path, classes=CLASSES[::-1])
+    with pytest.raises(ValueError, match=r"another model's.*only in the file: \['Dm'\], only in the run: \['Lidl'\]"):
+        os_.load_thresholds(path, classes=CLASSES[:4] + ["Lidl"])
+    assert os_.load_thresholds(path).num_known_ == C  # without the run's classes: the file's own
+    with pytest.raises(FileNotFoundError, match="missing.json does not exist"):
+        os_.load_thresholds(tmp_path / "missing.json")
+    glob = os_.save_thresholds(tmp_path / "g.json", MaxLogit().fit(val), classes=CLASSES)
+    doc = json.loads(glob.read_text())
+    doc["threshold"] = None
+    glob.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="g.json: \"threshold\" must be a finite number"):
+        os_.load_thresholds(glob)
+
+
+# --- cross-checks ---------------------------------------------------------------------------------
+def _auroc(test, score):
+    return roc_auc_score(test.labels == C, score)
+
+
+def test_scores_match_independent_formulas(val, test):
+    """Our anchors against formulas written out here with scipy/sklearn, not with our helpers."""
+    from scipy.spatial.distance import cdist
+    from scipy.special import logsumexp, softmax
+    from sklearn.covariance import EmpiricalCovariance
+
+    train = make_outputs(7)
+    x = test.logits.astype(np.float64)
+    assert np.allclose(MaxSoftmax().fit(val).score(test), -softmax(x, axis=1).max(1))
+    assert np.allclose(Energy(temperature=2.0).fit(val).score(test), -2.0 * logsumexp(x / 2.0, axis=1))
+    assert np.allclose(MaxLogit().fit(val).score(test), -x.max(1))
+    known = train.labels < C
+    z, y = train.features[known].astype(np.float64), train.labels[known]
+    means = np.stack([z[y == c].mean(0) for c in range(C)])
+    cov = EmpiricalCovariance(assume_centered=True).fit(z - means[y])
+    d2 = np.stack([cov.mahalanobis(test.features - means[c]) for c in range(C)], 1)
+    ours = Mahalanobis(shrinkage=0.0).fit(val, train=train).score(test)
+    assert np.allclose(ours, 0.5 * d2.min(1))
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    kth = np.sort(cdist(unit(test.features.astype(np.float64)), unit(z)), axis=1)[:, 9]
+    assert np.allclose(KNN(k=10).fit(val, train=train).score(test), kth)
+
+
+@pytest.mark.slow  # importing pytorch_ood takes seconds on a shared CPU
+def test_auroc_matches_pytorch_ood(val, test):
+    import pytorch_ood.detector as pood  # a dev dependency: the cross-check must run, not skip
+    import torch
+    from pytorch_ood.metrics import OODMetrics
+
+    torch.set_num_threads(1)
+    train = make_outputs(7)
+    ident = torch.nn.Identity()
+    # logits go in as float64: in float32 the max softmax of confident images saturates at exactly 1.0,
+    # so pytorch-ood would tie images that our float64 scores still order (AUROC off by ~6e-4 here)
+    logits = torch.from_numpy(test.logits.astype(np.float64))
+    feats = torch.from_numpy(test.features.astype(np.float32))
+    known = train.labels < C
+    ztrain = torch.from_numpy(train.features[known].astype(np.float32))
+    ytrain = torch.from_numpy(train.labels[known])
+    pairs = {
+        "max-softmax": (MaxSoftmax().fit(val).score(test), pood.MaxSoftmax(ident).predict(logits)),
+        "energy": (Energy().fit(val).score(test), pood.EnergyBased(ident).predict(logits)),
+        "max-logit": (MaxLogit().fit(val).score(test), pood.MaxLogit(ident).predict(logits)),
+        "mahalanobis": (Mahalanobis(shrinkage=0.0).fit(val, train=train).score(test),
+                        pood.Mahalanobis(ident).fit_features(ztrain, ytrain).predict(feats)),
+        "knn": (KNN(k=10).fit(val, train=train).score(test),
+                pood.KNN(ident, k=10).fit_features(ztrain, ytrain).predict(feats)),
+    }
+    ood_labels = torch.from_numpy(np.where(test.labels == C, -1, test.labels))
+    for name, (ours, theirs) in pairs.items():
+        theirs_np = theirs.double().numpy()
+        assert abs(_auroc(test, ours) - _auroc(test, theirs_np)) < 1e-6, name
+        ref = OODMetrics().update(theirs.double(), ood_labels).compute()  # their metric on their scores
+        mine = os_.metrics(test.labels, np.zeros_like(test.labels), ours, num_known=C)
+        assert abs(mine["auroc"] - ref["AUROC"]) < 1e-6, name
+        assert abs(mine["fpr_at_95_tpr"] - ref["FPR95TPR"]) < 1e-6, name
