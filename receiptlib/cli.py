@@ -5,6 +5,7 @@
     receiptlib evaluate --run NAME --split val             closed-set (and, with --thresholds, open-set) metrics
     receiptlib fit-other --run NAME                        fit Other thresholds on val, save thresholds.json
     receiptlib predict  --run NAME PATH... --out preds.csv label photos; every input gets one row
+    receiptlib bench    [--run NAME]                       inference speed per backend, beside the hardware's ceiling
     receiptlib report   --preset quick                     generate data and execute every notebook in order
 """
 from __future__ import annotations
@@ -105,21 +106,6 @@ def _predict(args) -> int:
                                    device=args.device, recursive=not args.no_recursive, strict=args.strict)
 
 
-def _delegate(module: str, function: str):
-    """Verbs whose flags live beside their code (train, evaluate): the module parses its own argv."""
-    def run(argv: list[str]) -> int:
-        import importlib
-
-        return int(getattr(importlib.import_module(f"receiptlib.{module}"), function)(argv) or 0)
-    return run
-
-
-# verb -> (help, handler taking the raw argv after the verb)
-DELEGATED = {
-    "train": ("train ResNet18 on a folder data set (see `receiptlib train --help`)", _delegate("train", "main_train")),
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="receiptlib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,8 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     p.set_defaults(func=_synth)
 
-    for verb, (help_text, _) in DELEGATED.items():
-        sub.add_parser(verb, help=help_text, add_help=False)
+    from . import timing, train
+
+    p = sub.add_parser("train", help="train ResNet18 on a folder data set (also under torchrun)", formatter_class=fmt)
+    train.add_train_arguments(p)
+    p.set_defaults(func=train.train_from_args)
 
     def run_flags(p):
         p.add_argument("--run", required=True, help="a run name under --runs-root, or a run folder")
@@ -172,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit non-zero when any input failed")
     p.set_defaults(func=_predict)
 
+    p = sub.add_parser("bench", help="time inference per backend and precision beside the machine's ceiling (section VIII)",
+                       formatter_class=fmt)
+    timing.add_bench_arguments(p)
+    p.set_defaults(func=timing.bench_command)
+
     p = sub.add_parser("report", help="generate the data and execute notebooks/NN_*.ipynb in order", formatter_class=fmt)
     p.add_argument("--preset", default="quick", help="data and training preset passed to every notebook")
     p.add_argument("--seed", type=int, default=0, help="SEED passed to every notebook")
@@ -184,8 +178,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in DELEGATED:
-        return DELEGATED[argv[0]][1](argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -427,16 +428,23 @@ def _covariance(centered: np.ndarray, shrinkage) -> np.ndarray:
 
 
 def _reference(data: Outputs, num_known: int, *, correct_only: bool, who: str):
-    """Known images of the reference set (optionally only the correctly classified ones)."""
+    """Known images of the reference set, preferably only the correctly classified ones. A class with no
+    correctly classified image (a weak model, a small val set) falls back to all of its images, with a
+    warning: a rough reference beats refusing to score."""
     if data.labels is None:
         raise ValueError(f"{who}: the train outputs need labels")
     mask = data.labels < num_known
-    if correct_only:
-        mask &= data.logits.argmax(1) == data.labels
     missing = sorted(set(range(num_known)) - set(data.labels[mask].tolist()))
     if missing:
-        raise ValueError(f"{who}: no {'correctly classified ' if correct_only else ''}reference image "
-                         f"of class(es) {missing}; fit on a larger val set or pass train=...")
+        raise ValueError(f"{who}: no reference image of class(es) {missing}; fit on a larger val set or pass train=...")
+    if correct_only:
+        correct = mask & (data.logits.argmax(1) == data.labels)
+        fallback = sorted(set(range(num_known)) - set(data.labels[correct].tolist()))
+        if fallback:
+            warnings.warn(f"{who}: class(es) {fallback} have no correctly classified reference image; "
+                          "using all their images instead", stacklevel=3)
+            correct |= mask & np.isin(data.labels, fallback)
+        mask = correct
     return mask
 
 

@@ -193,8 +193,73 @@ def run_report(*, preset: str = "quick", seed: int = 0, only: list[str] | None =
         timings.append({"notebook": nb.name, "seconds": round(seconds, 1)})
         log(f"{nb.name}: {seconds:.0f} s")
     log(f"report: {len(timings)} notebooks in {sum(t['seconds'] for t in timings):.0f} s")
+    results_dir = Path(params.get("RESULTS_DIR", "results"))
+    if output_dir is None and Path("README.md").is_file() and BEGIN in Path("README.md").read_text():
+        update_readme("README.md", results_dir=results_dir)
+        log("README.md: results section regenerated")
     return timings
 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("use `receiptlib report`")
+
+
+# --------------------------------------------------------------------------------------------------
+# The results front page: README's marked section, written from results/*.json only
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _num(x, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def summary(results_dir: str | Path = "results", *, link_prefix: str = "") -> str:
+    """Markdown summary of the report from the JSON the notebooks saved. Every number in it is one of
+    theirs, rounded for display; sections whose notebook has not run are left out."""
+    results_dir = Path(results_dir)
+    found = {p.stem[:2]: json.loads(p.read_text()) for p in sorted(results_dir.glob("[0-9][0-9]_*.json"))}
+    if not found:
+        return "_No results yet: run `make report`._"
+    meta = next(iter(found.values()))["meta"]
+    nb = lambda r: f"[{r['meta']['notebook']}]({link_prefix}notebooks/{r['meta']['notebook']}.ipynb)"  # noqa: E731
+    fig = lambda name: f"[figure]({link_prefix}figures/{name}.png)"  # noqa: E731
+    lines = [f"_Written by `receiptlib report` from `results/*.json` (preset `{meta['preset']}`, seed {meta['seed']}, "
+             f"{meta['device']}, {meta['date']}); regenerated on every run, not edited by hand._", ""]
+    if "03" in found:
+        r = found["03"]
+        lines += [f"- **Closed-set accuracy** (val, known chains): {_num(r['val_accuracy'])} after {r['epochs']} epochs "
+                  f"in {_num(r['train_seconds'], 0)} s, weights `{r['weights_source']}`. {nb(r)}, {fig('03_learning_curves')}"]
+    if "04" in found:
+        r = found["04"]
+        rows = "; ".join(f"{name} {_num(v['macro_f1'])}" for name, v in r["test"].items())
+        lines += [f"- **Other by thresholds** (fitted on val, macro-F1 on test): {rows}. {nb(r)}, {fig('04_f1_vs_k')}"]
+    if "07" in found:
+        r = found["07"]
+        lines += ["", f"Every Other detector, fitted on val and reported once on test ({nb(r)}, {fig('07_roc')}):", "",
+                  "| detector | macro-F1 | Other F1 | closed-set acc. | AUROC | FPR@95 |", "|---|---|---|---|---|---|"]
+        for name, v in r["test"].items():
+            lines.append(f"| `{name}` | {_num(v['macro_f1'])} | {_num(v['other_f1'])} | {_num(v['closed_set_accuracy'])} "
+                         f"| {_num(v['auroc'])} | {_num(v['fpr_at_95_tpr'])} |")
+    if "06" in found:
+        r = found["06"]
+        lines += ["", f"Time for 10,000 photos, the paper's machines beside this one ({nb(r)}, {fig('06_images_per_second')}; "
+                  f"fast backend chosen for `predict`: `{r['fast_choice']}`):", "",
+                  "| hardware | setting | images/s | time for 10,000 |", "|---|---|---|---|"]
+        for row in r["paper_table"]:
+            lines.append(f"| {row['hardware']} | {row['setting']} | {_num(row['images_per_s'], 1)} | {row['time_for_10000']} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: str | Path = "README.md", text: str | None = None, *, results_dir: str | Path = "results") -> bool:
+    """Replace the README's marked results section with `text` (default: `summary(results_dir)`)."""
+    readme = Path(readme)
+    content = readme.read_text()
+    if BEGIN not in content or END not in content:
+        raise ValueError(f"{readme}: no '{BEGIN}' ... '{END}' section to regenerate")
+    head, rest = content.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{BEGIN}\n{text if text is not None else summary(results_dir)}\n{END}{tail}"
+    if new != content:
+        readme.write_text(new)
+    return new != content

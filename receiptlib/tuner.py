@@ -109,6 +109,7 @@ class ThresholdTuner:
 
     def _draw_confusion(self):
         import matplotlib.pyplot as plt
+        from IPython.display import display
 
         from . import plots
 
@@ -116,5 +117,5 @@ class ThresholdTuner:
         with self.confusion:
             fig, ax = plt.subplots(figsize=(5.5, 5))
             plots.confusion(self.result["confusion"], [*self.classes, "Other"], ax=ax, title="val confusion")
-            plt.show(fig)
+            display(fig)
             plt.close(fig)

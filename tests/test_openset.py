@@ -469,3 +469,16 @@ def test_auroc_matches_pytorch_ood(val, test):
         mine = os_.metrics(test.labels, np.zeros_like(test.labels), ours, num_known=C)
         assert abs(mine["auroc"] - ref["AUROC"]) < 1e-6, name
         assert abs(mine["fpr_at_95_tpr"] - ref["FPR95TPR"]) < 1e-6, name
+
+
+def test_distance_reference_falls_back_to_all_images_of_a_class_the_model_never_gets_right():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(60, 3))
+    labels = np.repeat([0, 1, 2], 20)
+    logits[labels == 0, 1] += 5  # class 0 is always predicted as class 1
+    logits[labels == 1, 1] += 5
+    logits[labels == 2, 2] += 5
+    val = Outputs(logits=np.vstack([logits, rng.normal(size=(10, 3))]), labels=np.concatenate([labels, np.full(10, 3)]))
+    with pytest.warns(UserWarning, match=r"class\(es\) \[0\]"):
+        det = LogitDistance("mahalanobis").fit(val)
+    assert np.isfinite(det.score(val)).all()

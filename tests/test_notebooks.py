@@ -1,0 +1,101 @@
+"""Each report notebook runs through papermill on the tiny preset; we assert on the JSON it saved."""
+import json
+from pathlib import Path
+
+import pytest
+
+import receiptlib as rl
+
+NOTEBOOKS = rl.report.notebooks(Path(__file__).resolve().parent.parent / "notebooks")
+
+
+def check_01(results):
+    counts = results["counts"]
+    assert set(counts) == {"train", "val", "test"}
+    assert "Other" not in counts["train"]
+    assert counts["val"]["Other"] > 0 and counts["test"]["Other"] > 0
+    assert results["n_known_classes"] == 25
+    assert results["unknown_chains_disjoint"] is True
+    assert results["lookalike_photos"] > 0 and results["logo_in_frame_photos"] > 0
+    assert set(results["distortions_shown"]) == set(rl.synth.DISTORTIONS)
+
+
+def check_02(results):
+    ratio = results["first_to_last_grad_ratio"]
+    # the vanishing-gradient argument of section IV, measured: orders of magnitude apart
+    assert ratio["plain"] < 1e-3 * ratio["residual"]
+    assert results["resnet18_parameters"] > 11_000_000
+
+
+def check_03(results):
+    assert 0.0 <= results["val_accuracy"] <= 1.0
+    recipes = results["recipes"]
+    assert recipes["paper"]["batch_size"] == 4 and recipes["paper"]["optimizer"] == "sgd"  # section V as written
+    assert recipes["fast"]["epochs"] >= 1 and recipes["fast"]["wall_seconds"] > 0
+    assert results["weights_source"]  # the weights actually used are recorded
+
+
+def check_04(results):
+    detector = rl.openset.load_thresholds(results["thresholds_file"])  # the tuner's file is valid
+    assert isinstance(detector, rl.openset.PerClassLogit)
+    assert len(results["test"]) == 3
+    for row in results["test"].values():
+        assert 0.0 <= row["macro_f1"] <= 1.0
+    assert results["best_k"] in results["val_macro_f1_vs_k"]["k"]
+
+
+def check_06(results):
+    assert {r["backend"] for r in results["timings"]} >= {"torch-fp32", "onnx-int8"}
+    assert all(r["images_per_s"] > 0 for r in results["timings"] if r["error"] is None)
+    assert [r["setting"] for r in results["paper_table"]][:3] == ["paper"] * 3  # the paper's three machines first
+    chosen = [a for a in results["agreement"] if a["backend"] == results["fast_choice"]]
+    assert chosen and (chosen[0]["qualifies"] or results["fast_choice"] == "torch-fp32")
+
+
+def check_07(results):
+    table = results["test"]
+    assert len(table) >= 10 and any(name.startswith("Voting") for name in table)
+    for row in table.values():
+        assert 0.0 <= row["macro_f1"] <= 1.0 and 0.0 <= row["auroc"] <= 1.0
+    assert "kind of photo" in results["error_rate_by"]
+
+
+CHECKS = {"01": check_01, "02": check_02, "03": check_03, "04": check_04, "06": check_06, "07": check_07}
+# Smaller settings for the tiny run where a notebook's own parameters are sized for the report.
+TEST_PARAMS = {
+    "02": {"STEPS": 6},
+    "03": {"PAPER_IMAGE_SIZE": 64, "PAPER_TRAIN_IMAGES": 40},
+    "06": {"IMAGE_SIZE": 64, "REPEATS": 2, "E2E_IMAGES": 32, "N_VAL": 40, "BACKENDS": "torch-fp32,onnx-int8"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_on_tiny_preset(notebook, report_dirs):
+    params = {
+        "PRESET": "tiny",
+        "SEED": 0,
+        "DATA_ROOT": str(report_dirs["data"]),
+        "FIGURES_DIR": str(report_dirs["figures"]),
+        "RESULTS_DIR": str(report_dirs["results"]),
+        **TEST_PARAMS.get(notebook.name[:2], {}),
+    }
+    rl.report.execute(notebook, report_dirs["notebooks"] / notebook.name, params, cwd=notebook.parent)
+    results = json.loads((report_dirs["results"] / f"{notebook.stem}.json").read_text())
+    assert results["meta"]["preset"] == "tiny"
+    figures = list(report_dirs["figures"].glob(f"{notebook.name[:2]}_*.png"))
+    assert figures, f"{notebook.name} saved no figure"
+    CHECKS[notebook.name[:2]](results)
+
+
+def test_every_notebook_has_a_check_and_a_parameters_cell():
+    import nbformat
+
+    for path in NOTEBOOKS:
+        assert path.name[:2] in CHECKS, f"{path.name} has no assertions in CHECKS"
+        nb = nbformat.read(path, as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{path.name}: expected one cell tagged 'parameters'"
+        assert "SEED" in tagged[0].source and "PRESET" in tagged[0].source
+        sources = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        assert "import receiptlib as rl" in sources and "sys.path" not in sources and "import *" not in sources

@@ -1,0 +1,81 @@
+"""The README's results section is generated from results/*.json: no number in it is typed by hand."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import receiptlib as rl
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATE_NUMBERS = {"10,000", "95"}  # words of the summary's own headings ("time for 10,000", "FPR@95")
+
+
+def section(text: str) -> str:
+    return text.split(rl.report.BEGIN, 1)[1].split(rl.report.END, 1)[0]
+
+
+def json_values(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from json_values(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from json_values(v)
+    else:
+        yield obj
+
+
+def numbers_are_from(text: str, results: list[dict]) -> list[str]:
+    """The number tokens of `text` that no JSON value explains (a number rounding to it, or a string holding it)."""
+    values = [v for r in results for v in json_values(r)]
+    strings = [v for v in values if isinstance(v, str)] + [k for r in results for k in _keys(r)]
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    unexplained = []
+    for token in re.findall(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?", text):
+        if token in TEMPLATE_NUMBERS or any(token in s for s in strings):
+            continue
+        digits = len(token.split(".")[1]) if "." in token else 0
+        if not any(f"{n:.{digits}f}" == token for n in numbers):
+            unexplained.append(token)
+    return unexplained
+
+
+def _keys(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield str(k)
+            yield from _keys(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _keys(v)
+
+
+def test_summary_numbers_come_from_the_json(tmp_path):
+    results = {"03_training": {"meta": {"notebook": "03_training", "preset": "quick", "seed": 0, "device": "cpu (2 cores)",
+                                        "date": "2026-11-22"},
+                               "val_accuracy": 0.91234, "epochs": 15, "train_seconds": 431.7, "weights_source": "none"}}
+    for name, r in results.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    text = rl.report.summary(tmp_path)
+    assert "0.912" in text and "15 epochs" in text
+    assert numbers_are_from(text, list(results.values())) == []
+    assert numbers_are_from(text.replace("0.912", "0.913"), list(results.values())) == ["0.913"]
+
+
+def test_readme_section_is_regenerated_in_place(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{rl.report.BEGIN}\nold\n{rl.report.END}\noutro\n")
+    assert rl.report.update_readme(readme, "new text")
+    assert readme.read_text() == f"intro\n{rl.report.BEGIN}\nnew text\n{rl.report.END}\noutro\n"
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="README.md"):
+        rl.report.update_readme(readme, "x")
+
+
+def test_committed_readme_matches_committed_results():
+    results_dir = REPO / "results"
+    results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("[0-9][0-9]_*.json"))]
+    text = section((REPO / "README.md").read_text()).strip()
+    assert text == rl.report.summary(results_dir).strip(), "README's results section is stale: run `make report`"
+    assert numbers_are_from(text, results) == []
