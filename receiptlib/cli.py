@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ def _synth(args) -> int:
 
     out = Path(args.out) if args.out else synth.dataset_dir(args.preset, seed=args.seed, root=args.root)
     start = time.time()
-    path = synth.generate(out, args.preset, seed=args.seed, workers=args.workers)
+    path = synth.generate(out, args.preset, seed=args.seed, workers=args.workers or os.cpu_count() or 1)
     print(f"{path}: ready in {time.time() - start:.1f} s", file=sys.stderr)
     return 0
 
@@ -179,4 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
+        # user mistakes (a missing run, a thresholds file of another model, a bad preset): one line, no traceback
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"receiptlib {args.verb}: {message}", file=sys.stderr)
+        return 2

@@ -328,6 +328,9 @@ class PerClassLogit(Detector):
         fixed = self._override_indices()
         t[list(fixed)] = list(fixed.values())
         if self.params["rule"] == "macro_f1":
+            if not (val.labels == C).any():  # without Other, flagging misclassified known images "wins" F1
+                raise ValueError(f"PerClassLogit(rule='macro_f1') needs {OTHER} images in the val outputs (label {C}); "
+                                 "there are none: use rule='mean_std'")
             t = self._ascend(t, max_logit, pred, val.labels, set(fixed))
         self.thresholds_ = t
 

@@ -47,6 +47,18 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def project_root(start: str | Path | None = None) -> Path:
+    """The folder holding notebooks/ and receiptlib/ above `start` (default: the working directory), so a
+    notebook finds data/, figures/ and results/ whether it runs from notebooks/ (JupyterLab, `receiptlib
+    report`, `papermill 04_thresholds.ipynb out.ipynb`) or from the root (`papermill notebooks/04...`).
+    Outside a checkout: the working directory itself."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "notebooks").is_dir() and (folder / "receiptlib").is_dir():
+            return folder
+    return here
+
+
 @dataclass
 class Notebook:
     """What a report notebook needs from its parameters cell, in one object."""
@@ -54,16 +66,17 @@ class Notebook:
     name: str                      # "NN_topic": prefix of figures, name of the results file
     preset: str = "quick"          # synthetic data preset and matching training preset
     seed: int = 0
-    data_root: str | Path = "data"  # synthetic data sets and runs/ live here
+    data_root: str | Path | None = None    # synthetic data sets and runs/ live here; None: <project>/data
     data_dir: str | Path | None = None     # a folder of real photos in the same layout replaces the synthetic data
-    figures_dir: str | Path = "figures"
-    results_dir: str | Path = "results"
+    figures_dir: str | Path | None = None  # None: <project>/figures
+    results_dir: str | Path | None = None  # None: <project>/results
     started: float = field(default_factory=time.time, repr=False)
 
     def __post_init__(self):
-        self.data_root = Path(self.data_root)
-        self.figures_dir = Path(self.figures_dir)
-        self.results_dir = Path(self.results_dir)
+        root = project_root()
+        self.data_root = Path(self.data_root) if self.data_root is not None else root / "data"
+        self.figures_dir = Path(self.figures_dir) if self.figures_dir is not None else root / "figures"
+        self.results_dir = Path(self.results_dir) if self.results_dir is not None else root / "results"
         from . import plots
 
         plots.setup()
@@ -134,6 +147,8 @@ class NotebookFailed(RuntimeError):
 def notebooks(notebooks_dir: str | Path = "notebooks", only: list[str] | None = None) -> list[Path]:
     """The report's notebooks in order; `only` keeps those whose name starts with one of the given prefixes."""
     found = sorted(Path(notebooks_dir).glob(NOTEBOOK_GLOB))
+    if not found:
+        raise FileNotFoundError(f"no notebooks {NOTEBOOK_GLOB} in {Path(notebooks_dir).resolve()}; run from the repository root")
     if only:
         found = [p for p in found if any(p.name.startswith(o) for o in only)]
         if not found:
@@ -160,43 +175,50 @@ def execute(notebook: str | Path, output: str | Path, parameters: dict, *, kerne
         first = source[0] if source else ""
         raise NotebookFailed(f"{notebook.name} failed in cell {err.cell_index} (execution count {err.exec_count}: "
                              f"{first!r}): {err.ename}: {err.evalue}; the executed copy is {output}") from None
+    except Exception as err:  # a dead kernel, a missing kernelspec, a timeout: still name the notebook
+        raise NotebookFailed(f"{notebook.name} could not be executed: {type(err).__name__}: {err}") from err
     return time.time() - start
 
 
 def run_report(*, preset: str = "quick", seed: int = 0, only: list[str] | None = None,
-               notebooks_dir: str | Path = "notebooks", output_dir: str | Path | None = None,
+               notebooks_dir: str | Path | None = None, output_dir: str | Path | None = None,
                parameters: dict | None = None, workers: int | None = None, log=print) -> list[dict]:
     """Generate the preset's data, then execute every notebook in order (in place unless output_dir).
 
-    Run it from the repository root (paths default to ./notebooks and ./data). Notebooks execute with
-    notebooks/ as working directory, so their own defaults (../data, ../figures, ../results) agree.
+    Paths default to notebooks/, data/, results/ and README.md at the project root (`project_root`), as do
+    the notebooks' own defaults; notebooks execute with notebooks/ as working directory.
     Stops at the first failing notebook; the failed execution is kept as NN_name.failed.ipynb beside it.
     """
     from . import synth
 
     params = {"PRESET": preset, "SEED": seed, **(parameters or {})}
-    data_root = Path(params.get("DATA_ROOT", "data"))
+    root = project_root()
+    data_root = Path(params.get("DATA_ROOT") or root / "data")
     if params.get("DATA_DIR") is None:
         start = time.time()
         path = synth.ensure_dataset(preset, seed=seed, root=data_root, workers=workers)
         log(f"data: {path} ready in {time.time() - start:.0f} s")
     timings = []
-    for nb in notebooks(notebooks_dir, only):
+    if output_dir is not None:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+    for nb in notebooks(notebooks_dir or root / "notebooks", only):
         target = Path(output_dir) / nb.name if output_dir else nb
         scratch = target.with_name(target.stem + ".running.ipynb")
         try:
             seconds = execute(nb, scratch, params, cwd=nb.parent)
         except NotebookFailed:
-            scratch.replace(target.with_name(target.stem + ".failed.ipynb"))
+            if scratch.exists():
+                scratch.replace(target.with_name(target.stem + ".failed.ipynb"))
             raise
         scratch.replace(target)
         timings.append({"notebook": nb.name, "seconds": round(seconds, 1)})
         log(f"{nb.name}: {seconds:.0f} s")
     log(f"report: {len(timings)} notebooks in {sum(t['seconds'] for t in timings):.0f} s")
-    results_dir = Path(params.get("RESULTS_DIR", "results"))
-    if output_dir is None and Path("README.md").is_file() and BEGIN in Path("README.md").read_text():
-        update_readme("README.md", results_dir=results_dir)
-        log("README.md: results section regenerated")
+    results_dir = Path(params.get("RESULTS_DIR") or root / "results")
+    readme = root / "README.md"
+    if output_dir is None and readme.is_file() and BEGIN in readme.read_text():
+        update_readme(readme, results_dir=results_dir)
+        log(f"{readme}: results section regenerated")
     return timings
 
 
@@ -218,7 +240,11 @@ def summary(results_dir: str | Path = "results", *, link_prefix: str = "") -> st
     """Markdown summary of the report from the JSON the notebooks saved. Every number in it is one of
     theirs, rounded for display; sections whose notebook has not run are left out."""
     results_dir = Path(results_dir)
-    found = {p.stem[:2]: json.loads(p.read_text()) for p in sorted(results_dir.glob("[0-9][0-9]_*.json"))}
+    found = {}
+    for path in sorted(results_dir.glob("[0-9][0-9]_*.json")):
+        r = json.loads(path.read_text())
+        if isinstance(r, dict) and r.get("meta", {}).get("notebook") == path.stem:  # a notebook's own results file
+            found[path.stem[:2]] = r
     if not found:
         return "_No results yet: run `make report`._"
     meta = next(iter(found.values()))["meta"]

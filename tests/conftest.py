@@ -16,3 +16,22 @@ def report_dirs(tmp_path_factory):
     for path in dirs.values():
         path.mkdir()
     return dirs
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: the suite shares the cores with notebook kernels and subprocesses."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """A tiny folder data set of coloured shapes (train/val/test, Other in val and test): learnable in seconds."""
+    from test_train import make_shapes
+
+    return make_shapes(tmp_path_factory.mktemp("shapes") / "data")

@@ -6,7 +6,11 @@ import sys
 
 import pytest
 
-from receiptlib.cli import main
+from receiptlib import cli as receiptlib_cli
+
+
+def main(argv):
+    return receiptlib_cli.main([str(a) for a in argv])
 
 
 def cli(*args, cwd=None):
@@ -21,8 +25,14 @@ def test_help_lists_every_verb():
 
 
 def test_unknown_preset_is_a_clear_error(tmp_path, capsys):
-    with pytest.raises(ValueError, match="preset"):
-        main(["synth", "--preset", "huge", "--out", str(tmp_path / "d")])
+    assert main(["synth", "--preset", "huge", "--out", tmp_path / "d"]) == 2
+    assert "receiptlib synth:" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_missing_run_is_one_line_not_a_traceback(tmp_path, capsys):
+    assert main(["evaluate", "--run", "nope", "--runs-root", tmp_path]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "Traceback" not in err
 
 
 @pytest.mark.slow

@@ -9,15 +9,9 @@ import torch
 from receiptlib import fast
 from receiptlib.models import resnet18
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIZE = 64  # tiny inputs: the checks are about correctness, not speed
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

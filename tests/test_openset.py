@@ -482,3 +482,12 @@ def test_distance_reference_falls_back_to_all_images_of_a_class_the_model_never_
     with pytest.warns(UserWarning, match=r"class\(es\) \[0\]"):
         det = LogitDistance("mahalanobis").fit(val)
     assert np.isfinite(det.score(val)).all()
+
+
+def test_macro_f1_fit_refuses_a_val_set_without_other():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1, 2], 20)
+    logits = rng.normal(size=(60, 3)) + 3 * np.eye(3)[labels]
+    with pytest.raises(ValueError, match="needs Other images"):
+        PerClassLogit(rule="macro_f1").fit(Outputs(logits=logits, labels=labels))
+    PerClassLogit(rule="mean_std").fit(Outputs(logits=logits, labels=labels))  # the paper's rule needs no Other

@@ -7,20 +7,9 @@ import pytest
 import torch
 
 from receiptlib import runs, train as T
-from test_train import TINY, make_shapes
+from test_train import TINY
 
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    return make_shapes(tmp_path_factory.mktemp("shapes") / "data")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(data, **kw):

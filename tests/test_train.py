@@ -12,6 +12,8 @@ import torch
 
 from receiptlib import train as T
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PYTHON = sys.executable
 COLOURS = {"Circle": (220, 40, 40), "Square": (40, 200, 60), "Triangle": (50, 80, 230)}
 
@@ -51,19 +53,6 @@ def make_shapes(root, n_train=16, n_eval=6, size=48, seed=0):
 # A configuration that learns the shapes in a few seconds on one CPU thread.
 TINY = dict(epochs=4, image_size=32, batch_size=12, lr=0.01, weights="none", workers=0, device="cpu")
 COMPARED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    return make_shapes(tmp_path_factory.mktemp("shapes") / "data")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_recipes_and_options_are_checked():
