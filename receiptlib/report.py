@@ -270,7 +270,7 @@ def summary(results_dir: str | Path = "results", *, link_prefix: str = "") -> st
     if "06" in found:
         r = found["06"]
         lines += ["", f"Time for 10,000 photos, the paper's machines beside this one ({nb(r)}, {fig('06_images_per_second')}; "
-                  f"fast backend chosen for `predict`: `{r['fast_choice']}`):", "",
+                  f"fastest setting that agrees with fp32 on val: `{r['fast_choice']}`):", "",
                   "| hardware | setting | images/s | time for 10,000 |", "|---|---|---|---|"]
         for row in r["paper_table"]:
             lines.append(f"| {row['hardware']} | {row['setting']} | {_num(row['images_per_s'], 1)} | {row['time_for_10000']} |")
