@@ -5,6 +5,7 @@
     receiptlib evaluate --run NAME --split val             closed-set (and, with --thresholds, open-set) metrics
     receiptlib fit-other --run NAME                        fit Other thresholds on val, save thresholds.json
     receiptlib predict  --run NAME PATH... --out preds.csv label photos; every input gets one row
+    receiptlib build-fast --run NAME                       ONNX + int8; pick the fastest setting that agrees with fp32
     receiptlib bench    [--run NAME]                       inference speed per backend, beside the hardware's ceiling
     receiptlib report   --preset quick                     generate data and execute every notebook in order
 """
@@ -82,6 +83,8 @@ def _evaluate(args) -> int:
     run = _run(args)
     closed = run.evaluate(args.split)
     print(f"{run.path} {args.split}: closed-set accuracy {closed['accuracy']:.4f} on {closed['n_known']} known photos")
+    for name, acc in closed["per_class_accuracy"].items():
+        print(f"  {name:<24} {acc:.4f}")
     if args.thresholds:
         detector = openset.load_thresholds(args.thresholds, classes=run.classes)
         result = openset.evaluate(detector, run.outputs(args.split))
@@ -97,7 +100,7 @@ def _predict(args) -> int:
     from . import data, openset, predict
 
     run = _run(args)
-    model = run.load_model(device=args.device)
+    model = _inference_model(run, args.backend, args.device)
     other_fn = None
     if args.thresholds:
         other_fn = predict.detector_other_fn(openset.load_thresholds(args.thresholds, classes=run.classes), len(run.known_classes))
@@ -105,6 +108,34 @@ def _predict(args) -> int:
     return predict.predict_to_file(args.paths, model=model, classes=run.known_classes, transform=transform, out=args.out,
                                    format=args.format, other_fn=other_fn, batch_size=args.batch_size, workers=args.workers,
                                    device=args.device, recursive=not args.no_recursive, strict=args.strict)
+
+
+def _inference_model(run, backend: str, device: str):
+    """`--backend auto`: the fastest setting that agrees with fp32 on val (run/fast/choice.json, made by
+    `receiptlib build-fast`), else fp32 PyTorch. Any other value forces that backend. The choice is printed."""
+    from . import fast
+
+    choice_file = run.path / "fast" / fast.CHOICE_FILE
+    if backend == "auto":
+        if not choice_file.is_file():
+            print(f"backend: torch-fp32 (no {choice_file}; `receiptlib build-fast --run {run.name}` makes one)", file=sys.stderr)
+            return run.load_model(device=device)
+        backend = fast.load_choice(choice_file.parent).backend
+        print(f"backend: {backend} (the run's fast choice, {choice_file})", file=sys.stderr)
+    else:
+        print(f"backend: {backend} (forced)", file=sys.stderr)
+    if backend == "torch-fp32":
+        return run.load_model(device=device)
+    return fast.fast_predictor(run, backend=backend, device=device, build=False)
+
+
+def _build_fast(args) -> int:
+    from . import fast
+
+    choice = fast.build_fast_model(_run(args), backend=None if args.backend == "auto" else args.backend,
+                                   n_val=args.n_val, n_calibration=args.n_calibration, device=args.device)
+    print(f"{choice.out_dir}: {choice.backend}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_synth)
 
     from . import timing, train
+    from .fast import BACKENDS
 
     p = sub.add_parser("train", help="train ResNet18 on a folder data set (also under torchrun)", formatter_class=fmt)
     train.add_train_arguments(p)
@@ -158,9 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="photos per forward pass")
     p.add_argument("--workers", type=int, default=0, help="loader processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
+                   help="auto: the run's fast choice (receiptlib build-fast) if made, else torch-fp32")
     p.add_argument("--no-recursive", action="store_true", help="do not descend into subfolders")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any input failed")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("build-fast", help="export to ONNX, quantize, and pick the fastest setting that agrees with fp32 on val",
+                       formatter_class=fmt)
+    run_flags(p)
+    p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS), help="auto: the fastest that qualifies")
+    p.add_argument("--n-val", type=int, default=1000, help="val photos on which agreement is measured")
+    p.add_argument("--n-calibration", type=int, default=256, help="train photos that calibrate int8")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=_build_fast)
 
     p = sub.add_parser("bench", help="time inference per backend and precision beside the machine's ceiling (section VIII)",
                        formatter_class=fmt)

@@ -1,9 +1,11 @@
 """Small shared pieces: the reserved Other class, device choice, seeding, progress bars."""
 from __future__ import annotations
 
+import math
 import os
 import random
 import sys
+from pathlib import Path
 from typing import Iterable, TypeVar
 
 import numpy as np
@@ -58,3 +60,22 @@ def progress(iterable: Iterable[T], **kwargs) -> Iterable[T]:
     from tqdm.std import tqdm
 
     return tqdm(iterable, **kwargs)
+
+
+def jsonable(value):
+    """Plain-JSON copy of results: numpy scalars and arrays become numbers and lists, NaN becomes null."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

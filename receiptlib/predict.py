@@ -123,7 +123,7 @@ def _predict_into(table, files, at, *, model, known, transform, other_fn, batch_
             logits = model(x.to(dev, non_blocking=True))
             if isinstance(logits, (tuple, list)):  # (features, logits) models: keep the logits
                 logits = logits[-1]
-            logits = logits.float().cpu().numpy()
+            logits = np.asarray(logits, dtype=np.float32) if isinstance(logits, np.ndarray) else logits.float().cpu().numpy()
             if logits.ndim != 2 or logits.shape[1] != len(known):
                 raise ValueError(f"model returned logits of shape {tuple(logits.shape)}; expected (batch, {len(known)}) "
                                  f"for the {len(known)} known classes: do model and class list come from the same run?")

@@ -13,38 +13,19 @@ fresh clone: the library generates or trains what is missing and reuses what exi
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from .common import jsonable
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 
 
 # --------------------------------------------------------------------------------------------------
 # Inside a notebook
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain-JSON copy of results: numpy scalars and arrays become numbers and lists, NaN becomes null."""
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -132,7 +113,7 @@ class Notebook:
         }
         self.results_dir.mkdir(parents=True, exist_ok=True)
         path = self.results_dir / f"{self.name}.json"
-        path.write_text(json.dumps(_jsonable({"meta": meta, **results}), indent=2) + "\n")
+        path.write_text(json.dumps(jsonable({"meta": meta, **results}), indent=2) + "\n")
         return path
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import OTHER, pick_device
+from .common import OTHER, jsonable, pick_device
 
 # ----------------------------------------------------------------------------------------------
 # Atomic writes: a kill at any moment leaves either the old file or the new one, never half of one
@@ -40,7 +40,8 @@ def _tmp(path: Path) -> Path:
 def write_json(path: str | Path, obj) -> None:
     path = Path(path)
     tmp = _tmp(path)
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    # jsonable: numpy values become numbers and NaN becomes null, so the file is strict JSON for any reader
+    tmp.write_text(json.dumps(jsonable(obj), indent=2, default=_json_default) + "\n")
     os.replace(tmp, path)
 
 

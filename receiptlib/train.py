@@ -786,31 +786,5 @@ def main_train(argv: list[str] | None = None) -> int:
     return train_from_args(add_train_arguments(p).parse_args(argv))
 
 
-def add_evaluate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The `receiptlib evaluate` flags, added to `p`."""
-    p.add_argument("--run", required=True, help="run name under --runs-root, or a path to a run folder")
-    p.add_argument("--split", default="val", choices=["val", "test"], help="which split to evaluate")
-    p.add_argument("--runs-root", default="data/runs", help="folder holding run folders")
-    return p
-
-
-def evaluate_from_args(args: argparse.Namespace) -> int:
-    path = Path(args.run) if Path(args.run).is_dir() else Path(args.runs_root) / args.run
-    result = rruns.Run(path).evaluate(args.split)
-    print(f"{path} {args.split}: closed-set accuracy {result['accuracy']:.4f} on {result['n_known']} known images")
-    for cls, acc in result["per_class_accuracy"].items():
-        print(f"  {cls:<24} {acc:.4f}")
-    print(f"saved {path / f'evaluation_{args.split}.json'}")
-    return 0
-
-
-def main_evaluate(argv: list[str] | None = None) -> int:
-    """`receiptlib evaluate --run NAME --split val|test`: closed-set accuracy, per-class accuracy and
-    confusion matrix of a trained run, from its cached outputs, saved as evaluation_{split}.json."""
-    p = argparse.ArgumentParser(prog="receiptlib evaluate", description=main_evaluate.__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    return evaluate_from_args(add_evaluate_arguments(p).parse_args(argv))
-
-
 if __name__ == "__main__":
     sys.exit(main_train(sys.argv[1:]))

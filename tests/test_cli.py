@@ -36,7 +36,7 @@ def test_missing_run_is_one_line_not_a_traceback(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_tiny_pipeline_through_the_cli(tmp_path):
+def test_tiny_pipeline_through_the_cli(tmp_path, capsys):
     data, runs = tmp_path / "data", tmp_path / "runs"
     assert main(["synth", "--preset", "tiny", "--out", str(data), "--workers", "2"]) == 0
     assert (data / "manifest.csv").is_file()
@@ -70,3 +70,17 @@ def test_tiny_pipeline_through_the_cli(tmp_path):
     assert len(errors) == 3 and all(r["label"] == "" for r in errors)
     assert main(["predict", "--run", str(run), bad, "--out", str(tmp_path / "none.csv")]) != 0
     assert main(["predict", "--run", str(run), *good, bad, "--strict", "--out", str(tmp_path / "s.csv")]) != 0
+
+    # the fast path: build it, then predict picks it up by itself; forced ONNX fp32 decides like PyTorch fp32
+    assert main(["build-fast", "--run", str(run), "--n-val", "40", "--n-calibration", "16"]) == 0
+    choice = json.loads((run / "fast" / "choice.json").read_text())
+    capsys.readouterr()
+    fast_out = tmp_path / "fast.csv"
+    assert main(["predict", "--run", str(run), "--thresholds", str(thresholds), *good, bad, "--out", str(fast_out)]) == 0
+    assert f"backend: {choice['backend']}" in capsys.readouterr().err
+    assert len(list(csv.DictReader(fast_out.open()))) == 3 + 2
+    onnx_out = tmp_path / "onnx.csv"
+    assert main(["predict", "--run", str(run), "--backend", "onnx-fp32", *good, "--out", str(onnx_out)]) == 0
+    fp32_out = tmp_path / "fp32.csv"
+    assert main(["predict", "--run", str(run), "--backend", "torch-fp32", *good, "--out", str(fp32_out)]) == 0
+    assert [r["top1"] for r in csv.DictReader(onnx_out.open())] == [r["top1"] for r in csv.DictReader(fp32_out.open())]

@@ -4,7 +4,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from receiptlib import runs, train as T
 from test_train import TINY
