@@ -118,12 +118,32 @@ def data_fingerprint(data_dir: str | Path) -> dict:
                        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
         counts[split] = len(files)
         h.update("\n".join(files).encode())
+    manifest = root / "manifest.csv"
+    if manifest.is_file():  # synthetic data: the manifest records every photo's parameters, so regenerated data differs
+        h.update(hashlib.sha256(manifest.read_bytes()).digest())
     return {"sha256": h.hexdigest(), "files": counts}
+
+
+def resolved_weights(weights) -> str:
+    """What a `weights` setting means on this machine: "imagenet", "none", or the content hash of a weights
+    file. The run cache keys on this, so a scratch run made under weights="auto" is not reused once ImageNet
+    weights appear, and a changed weights file is a new run."""
+    from . import models
+
+    weights = str(weights)
+    if weights == "auto":
+        return "imagenet" if models.imagenet_weights_path().is_file() else "none"
+    if weights in ("imagenet", "none"):
+        return weights
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights={weights!r}: no such file; use 'auto', 'none', 'imagenet' or a weights file")
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def config_identity(config, recipe, *, arch: str) -> dict:
     """The fields of a training configuration that decide its result (the run cache's key)."""
-    return {"recipe": asdict(recipe), "seed": int(config.seed), "weights": str(config.weights), "arch": arch,
+    return {"recipe": asdict(recipe), "seed": int(config.seed), "weights": resolved_weights(config.weights), "arch": arch,
             "max_train_images": config.max_train_images, "data": data_fingerprint(config.data_dir)}
 
 

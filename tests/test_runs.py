@@ -97,3 +97,21 @@ def test_run_api_outputs_evaluate_tta_and_load_model(shapes, tmp_path):
         run.outputs("train")
     with pytest.raises(ValueError, match="which="):
         run.load_model("first")
+
+
+def test_run_identity_keys_on_what_the_weights_resolve_to(tmp_path, shapes, monkeypatch):
+    from receiptlib import models
+
+    monkeypatch.setattr(models, "imagenet_weights_path", lambda: tmp_path / "absent.pth")
+    recipe = T.get_recipe("fast")
+    ident = lambda w: runs.config_identity(_config(shapes, weights=w), recipe, arch="resnet18")  # noqa: E731
+    assert ident("auto") == ident("none")  # no ImageNet file here: auto means scratch
+    fake = tmp_path / "imagenet.pth"
+    fake.write_bytes(b"weights")
+    monkeypatch.setattr(models, "imagenet_weights_path", lambda: fake)
+    assert ident("auto") == ident("imagenet") != ident("none")  # the file appeared: auto is another run now
+    mine = tmp_path / "mine.pt"
+    mine.write_bytes(b"a")
+    first = ident(str(mine))
+    mine.write_bytes(b"b")
+    assert ident(str(mine)) != first  # a changed weights file is a new run
