@@ -116,17 +116,15 @@ def _inference_model(run, backend: str, device: str):
     from . import fast
 
     choice_file = run.path / "fast" / fast.CHOICE_FILE
-    if backend == "auto":
-        if not choice_file.is_file():
-            print(f"backend: torch-fp32 (no {choice_file}; `receiptlib build-fast --run {run.name}` makes one)", file=sys.stderr)
-            return run.load_model(device=device)
-        backend = fast.load_choice(choice_file.parent).backend
-        print(f"backend: {backend} (the run's fast choice, {choice_file})", file=sys.stderr)
-    else:
-        print(f"backend: {backend} (forced)", file=sys.stderr)
-    if backend == "torch-fp32":
+    if backend == "torch-fp32" or (backend == "auto" and not choice_file.is_file()):
+        why = "forced" if backend != "auto" else f"no {choice_file}; `receiptlib build-fast --run {run.name}` makes one"
+        print(f"backend: torch-fp32 ({why})", file=sys.stderr)
         return run.load_model(device=device)
-    return fast.fast_predictor(run, backend=backend, device=device, build=False)
+    # fast_predictor reads the saved choice itself when backend is None
+    predictor = fast.fast_predictor(run, backend=None if backend == "auto" else backend, device=device, build=False)
+    why = f"the run's fast choice, {choice_file}" if backend == "auto" else "forced"
+    print(f"backend: {predictor.backend} ({why})", file=sys.stderr)
+    return predictor
 
 
 def _build_fast(args) -> int:

@@ -41,20 +41,8 @@ def write_json(path: str | Path, obj) -> None:
     path = Path(path)
     tmp = _tmp(path)
     # jsonable: numpy values become numbers and NaN becomes null, so the file is strict JSON for any reader
-    tmp.write_text(json.dumps(jsonable(obj), indent=2, default=_json_default) + "\n")
+    tmp.write_text(json.dumps(jsonable(obj), indent=2) + "\n")
     os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
 def read_json(path: str | Path):

@@ -15,21 +15,23 @@ def section(text: str) -> str:
     return text.split(rl.report.BEGIN, 1)[1].split(rl.report.END, 1)[0]
 
 
-def json_values(obj):
+def leaves_and_keys(obj):
+    """Every leaf value of a JSON document, and every key (keys name classes and detectors)."""
     if isinstance(obj, dict):
-        for v in obj.values():
-            yield from json_values(v)
+        for k, v in obj.items():
+            yield str(k)
+            yield from leaves_and_keys(v)
     elif isinstance(obj, list):
         for v in obj:
-            yield from json_values(v)
+            yield from leaves_and_keys(v)
     else:
         yield obj
 
 
 def numbers_are_from(text: str, results: list[dict]) -> list[str]:
     """The number tokens of `text` that no JSON value explains (a number rounding to it, or a string holding it)."""
-    values = [v for r in results for v in json_values(r)]
-    strings = [v for v in values if isinstance(v, str)] + [k for r in results for k in _keys(r)]
+    values = [v for r in results for v in leaves_and_keys(r)]
+    strings = [v for v in values if isinstance(v, str)]
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     unexplained = []
     for token in re.findall(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?", text):
@@ -39,16 +41,6 @@ def numbers_are_from(text: str, results: list[dict]) -> list[str]:
         if not any(f"{n:.{digits}f}" == token for n in numbers):
             unexplained.append(token)
     return unexplained
-
-
-def _keys(obj):
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield str(k)
-            yield from _keys(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _keys(v)
 
 
 def test_summary_numbers_come_from_the_json(tmp_path):
