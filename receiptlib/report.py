@@ -248,6 +248,8 @@ def summary(results_dir: str | Path = "results", *, link_prefix: str = "") -> st
         for name, v in r["test"].items():
             lines.append(f"| `{name}` | {_num(v['macro_f1'])} | {_num(v['other_f1'])} | {_num(v['closed_set_accuracy'])} "
                          f"| {_num(v['auroc'])} | {_num(v['fpr_at_95_tpr'])} |")
+    if "05" in found:
+        lines += ["", *_stn_section(found["05"], nb(found["05"]), fig)]
     if "06" in found:
         r = found["06"]
         lines += ["", f"Time for 10,000 photos, the paper's machines beside this one ({nb(r)}, {fig('06_images_per_second')}; "
@@ -256,6 +258,26 @@ def summary(results_dir: str | Path = "results", *, link_prefix: str = "") -> st
         for row in r["paper_table"]:
             lines.append(f"| {row['hardware']} | {row['setting']} | {_num(row['images_per_s'], 1)} | {row['time_for_10000']} |")
     return "\n".join(lines)
+
+
+_STN_METHODS = {"resnet": "ResNet alone", "joint": "joint", "staged": "staged"}  # as in rl.stn.METHOD_NAMES
+_STN_SLICES = {"all": "all test photos", "hard": "hard slice"}
+
+
+def _stn_section(r: dict, notebook: str, fig) -> list[str]:
+    """The STN table of results/05_stn.json: mean ± std over seeds per slice and method."""
+    def pm(row, key):
+        std = row[f"{key}_std"]
+        return _num(row[f"{key}_mean"]) + (f" ± {_num(std)}" if std is not None else "")
+
+    hard = f", hard slice: {r['hard_slice_size']} of {r['test_size']} test photos" if r.get("hard_slice_size") else ""
+    lines = [f"Spatial transformer in front of ResNet, section VII: mean ± std over {r['summary'][0]['seeds']} seeds{hard} "
+             f"({notebook}, {fig('05_learning_curves')}, {fig('05_stn_outputs_staged')}):", "",
+             "| slice | method | closed-set acc. | macro-F1 with Other |", "|---|---|---|---|"]
+    for row in r["summary"]:
+        lines.append(f"| {_STN_SLICES.get(row['slice'], row['slice'])} | {_STN_METHODS.get(row['method'], row['method'])} "
+                     f"| {pm(row, 'accuracy')} | {pm(row, 'macro_f1')} |")
+    return lines
 
 
 def update_readme(readme: str | Path = "README.md", text: str | None = None, *, results_dir: str | Path = "results") -> bool:

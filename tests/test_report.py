@@ -55,6 +55,24 @@ def test_summary_numbers_come_from_the_json(tmp_path):
     assert numbers_are_from(text.replace("0.912", "0.913"), list(results.values())) == ["0.913"]
 
 
+def test_stn_table_numbers_come_from_the_json(tmp_path):
+    meta = {"preset": "quick", "seed": 0, "device": "cpu (2 cores)", "date": "2026-11-22"}
+    (tmp_path / "03_training.json").write_text(json.dumps(
+        {"meta": {**meta, "notebook": "03_training"}, "val_accuracy": 0.5, "epochs": 15, "train_seconds": 431.7,
+         "weights_source": "none"}))
+    assert "Spatial transformer" not in rl.report.summary(tmp_path)  # notebook 05 has not run: no section
+    rows = [{"slice": sl, "method": m, "accuracy_mean": 0.41234 + i / 100, "accuracy_std": 0.0123,
+             "macro_f1_mean": 0.31234 + i / 100, "macro_f1_std": 0.0234, "seeds": 3, "n_test": n}
+            for sl, n in (("all", 1200), ("hard", 522)) for i, m in enumerate(("resnet", "joint", "staged"))]
+    stn = {"meta": {**meta, "notebook": "05_stn"}, "seeds": [0, 1, 2], "summary": rows, "hard_slice_size": 522,
+           "test_size": 1200, "conclusion": "text"}
+    (tmp_path / "05_stn.json").write_text(json.dumps(stn))
+    text = rl.report.summary(tmp_path)
+    assert "| hard slice | staged | 0.432 ± 0.012 | 0.332 ± 0.023 |" in text and "05_stn.ipynb" in text
+    results = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*.json"))]
+    assert numbers_are_from(text, results) == []
+
+
 def test_readme_section_is_regenerated_in_place(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{rl.report.BEGIN}\nold\n{rl.report.END}\noutro\n")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,6 +127,29 @@ def test_stn_classifier_output_shape_from_a_larger_input():
     assert feats.shape == (3, 4) and logits.shape == (3, 5)
 
 
+@pytest.mark.parametrize("recipe", ["fast", "paper"])
+def test_optimiser_follows_the_train_recipe_and_clips_the_localisation_net(recipe):
+    torch.manual_seed(0)
+    base = rstn.STNRecipe(recipe=recipe).train_recipe()
+    model = rstn.STNClassifier(rstn.SpatialTransformer("rts"), tiny_classifier(), loc_size=16, out_size=12)
+    groups = rstn.param_groups(model, base.lr, classifier_mult=1.0, loc_mult=0.1, loc_max_grad_norm=1e-3)
+    opt = rstn.make_optimizer(groups, base)
+    assert isinstance(opt, torch.optim.AdamW if base.optimizer == "adamw" else torch.optim.SGD)
+    for g in opt.param_groups:  # as train.make_optimizer: decay on weights only; the lr multipliers kept
+        assert g["weight_decay"] == (base.weight_decay if all(p.ndim > 1 for p in g["params"]) else 0.0)
+        assert g["lr"] == pytest.approx(base.lr * (0.1 if g["name"] == "localisation" else 1.0))
+    loc = [p for g in opt.param_groups if g["name"] == "localisation" for p in g["params"]]
+    assert len(loc) == len(list(model.stn.parameters()))
+    F.cross_entropy(model(torch.randn(4, 3, 24, 24)), torch.tensor([0, 1, 2, 0])).backward()
+    for p in loc:
+        p.grad = torch.full_like(p, 10.0)  # a huge localisation gradient
+    opt.step()
+    total = torch.sqrt(sum((p.grad ** 2).sum() for p in loc))
+    assert total == pytest.approx(1e-3, rel=1e-3)  # clipped jointly over the localisation net's groups
+    plain = rstn.make_optimizer(model.classifier.parameters(), base)  # a module's parameters: stage 1, ResNet alone
+    assert sum(len(g["params"]) for g in plain.param_groups) == len(list(model.classifier.parameters()))
+
+
 def test_bad_configuration_is_refused_with_the_parameter_name():
     with pytest.raises(ValueError, match="transform"):
         rstn.SpatialTransformer("perspective")
@@ -209,9 +233,11 @@ def test_staged_training_starts_from_the_stage1_classifier(tmp_path):
 @pytest.mark.slow
 def test_compare_writes_table_curves_and_snapshots(tmp_path):
     data = make_folder(tmp_path / "data")
-    out = tmp_path / "cmp"
-    summary = rstn.compare(data, seeds=(0, 1), out_dir=out, n_snapshot=3, device="cpu", workers=0,
+    runs_root = tmp_path / "runs"  # a notebook passes its data root's runs/, beside the training runs
+    summary = rstn.compare(data, seeds=(0, 1), runs_root=runs_root, n_snapshot=3, device="cpu", workers=0,
                            verbose=False, **TINY)
+    out = Path(summary.attrs["out_dir"])
+    assert out.parent == runs_root and out.name.startswith("stn-")
     assert set(summary["method"]) == {"resnet", "joint", "staged"}
     assert set(summary["slice"]) == {"all", "hard"}
     assert (summary["seeds"] == 2).all()
@@ -223,8 +249,18 @@ def test_compare_writes_table_curves_and_snapshots(tmp_path):
     assert loaded["snapshots"]["joint-seed0"]["epochs"].tolist() == [0, 1, 2]
     assert loaded["inputs"]["images"].shape == (3, 64, 64, 3)
     # a second call with the same configuration reuses the folder
-    again = rstn.compare(data, seeds=(0, 1), out_dir=out, n_snapshot=3, device="cpu", workers=0, verbose=False, **TINY)
+    again = rstn.compare(data, seeds=(0, 1), runs_root=runs_root, n_snapshot=3, device="cpu", workers=0,
+                         verbose=False, **TINY)
+    assert again.attrs["out_dir"] == str(out)
     assert again.equals(summary) or np.allclose(again.select_dtypes("number"), summary.select_dtypes("number"), equal_nan=True)
+    # notebook 05 reads it back: the figures draw from the real files
+    import matplotlib.pyplot as plt
+
+    for fig in (rstn.learning_curves_figure(loaded["history"]), rstn.theta_figure(loaded["history"]),
+                rstn.snapshot_figure(loaded, "joint-seed1")):
+        assert fig.axes
+        plt.close(fig)
+    assert "Hard slice" in rstn.conclusion(summary, chance=1 / 3)
 
 
 def test_hard_mask_reads_the_manifest_for_absolute_and_relative_paths(tmp_path, monkeypatch):
@@ -244,3 +280,71 @@ def test_hard_mask_reads_the_manifest_for_absolute_and_relative_paths(tmp_path, 
     with pytest.raises(ValueError, match="not listed"):
         rstn.hard_mask(data, [str(data / "test/A/9.jpg")])
     assert rstn.hard_mask(tmp_path, absolute) is None  # no manifest (real photos): no hard slice
+
+
+# ----------------------------------------------------------------------------------------------
+# Notebook 05: the conclusion is written from the numbers, whatever they show
+# ----------------------------------------------------------------------------------------------
+
+def summary_table(values: dict, *, seeds: int = 3, n_test: int = 100):
+    """A hand-made ``compare`` summary: {(slice, method): (acc_mean, acc_std, f1_mean, f1_std)}."""
+    import pandas as pd
+
+    return pd.DataFrame([{"slice": sl, "method": m, "accuracy_mean": a, "accuracy_std": a_s, "macro_f1_mean": f,
+                          "macro_f1_std": f_s, "seeds": seeds, "n_test": n_test}
+                         for (sl, m), (a, a_s, f, f_s) in values.items()])
+
+
+def paragraphs(text: str) -> dict:
+    """The conclusion's paragraph per slice, keyed by its first words."""
+    return {p.split("**")[1]: p for p in text.split("\n\n")}
+
+
+def test_conclusion_names_the_winner_when_the_gap_exceeds_the_stds():
+    table = summary_table({("all", "resnet"): (0.70, 0.01, 0.60, 0.01), ("all", "joint"): (0.60, 0.02, 0.50, 0.02),
+                           ("all", "staged"): (0.80, 0.01, 0.70, 0.01),
+                           # the hard slice separately: here the transformer gains nothing beyond noise
+                           ("hard", "resnet"): (0.50, 0.05, 0.40, 0.05), ("hard", "joint"): (0.48, 0.05, 0.39, 0.05),
+                           ("hard", "staged"): (0.52, 0.05, 0.41, 0.05)})
+    text = rstn.conclusion(table, chance=0.04)
+    all_, hard = paragraphs(text)["All test photos"], paragraphs(text)[rstn.SLICE_NAMES["hard"]]
+    assert all_.count("**staged is best**") == 2  # macro-F1 and accuracy
+    assert "ResNet alone 0.600 ± 0.010, joint 0.500 ± 0.020, staged 0.700 ± 0.010" in all_
+    assert "joint training is below ResNet alone (the paper's failure reproduced)" in all_
+    assert "is above joint and above ResNet alone" in all_
+    assert "no difference within noise" not in all_ and "chance" not in text
+    assert hard.count("**no difference within noise**") == 2 and "is best" not in hard
+    assert "joint training is level with ResNet alone" in hard
+
+
+def test_conclusion_says_no_difference_within_noise_and_warns_at_chance():
+    table = summary_table({("all", m): (0.04 + d, 0.01, 0.03 + d, 0.01)
+                           for m, d in (("resnet", 0.0), ("joint", 0.005), ("staged", 0.008))})
+    text = rstn.conclusion(table, chance=0.04)
+    assert text.count("**no difference within noise**") == 2 and "is best" not in text
+    assert "Hard slice" not in text  # no hard slice without a manifest
+    assert all(name in text for name in ("ResNet alone", "joint", "staged"))
+    assert "within its std of chance (0.040)" in text and "says nothing about the transformer" in text
+    assert "within its std of chance" not in rstn.conclusion(table)  # chance unknown: no warning
+
+
+def test_conclusion_mixed_outcome_and_single_seed():
+    # staged leads, ResNet alone within noise of it, joint clearly behind
+    table = summary_table({("all", "resnet"): (0.70, 0.03, 0.60, 0.03), ("all", "joint"): (0.50, 0.01, 0.40, 0.01),
+                           ("all", "staged"): (0.72, 0.03, 0.62, 0.03)})
+    text = rstn.conclusion(table)
+    assert "**staged has the highest mean**; ResNet alone level with it within noise, joint behind it" in text
+    single = summary_table({("all", "resnet"): (0.70, float("nan"), 0.60, float("nan")),
+                            ("all", "joint"): (0.50, float("nan"), 0.40, float("nan")),
+                            ("all", "staged"): (0.72, float("nan"), 0.62, float("nan"))}, seeds=1)
+    text = rstn.conclusion(single)
+    assert "with one seed there is no spread" in text and "is best" not in text and "Against the paper" not in text
+    with pytest.raises(ValueError, match="empty"):
+        rstn.conclusion(single.iloc[:0])
+
+
+def test_format_table_shows_mean_and_std():
+    table = summary_table({("all", "resnet"): (0.7, 0.01, 0.6, 0.02), ("all", "staged"): (0.8, float("nan"), 0.7, float("nan"))})
+    shown = rstn.format_table(table)
+    assert shown.loc[("all", "ResNet alone"), "closed-set accuracy"] == "0.700 ± 0.010"
+    assert shown.loc[("all", "staged"), "macro-F1 with Other"] == "0.700"  # one seed: no std to show

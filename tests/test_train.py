@@ -156,6 +156,39 @@ def test_run_folder_contents(shapes, tmp_path):
         T.train(T.TrainConfig(str(shapes), **{**TINY, "epochs": 2, "seed": 5}), run_dir=tmp_path / "run", resume=True)
 
 
+def test_ema_average_warms_up_then_follows_its_decay():
+    model = torch.nn.Linear(2, 1)
+    ema = T.make_ema(model, T.get_recipe("fast", ema_decay=0.5))
+    assert T.make_ema(model, T.get_recipe("fast", ema_decay=0.0)) is None
+    ema.update_parameters(model)  # the first update copies
+    start = model.weight.detach().clone()
+    torch.testing.assert_close(ema.module.weight, start)
+    with torch.no_grad():
+        model.weight += 1.0
+    ema.update_parameters(model)  # second update: warm-up decay min(0.5, 2/11)
+    torch.testing.assert_close(ema.module.weight, start + (1 - 2 / 11))
+    for _ in range(50):
+        ema.update_parameters(model)  # decay 0.5 once warm: converges to the weights
+    torch.testing.assert_close(ema.module.weight, model.weight.detach())
+    with pytest.raises(ValueError, match="ema_decay=1.0"):
+        T.get_recipe("fast", ema_decay=1.0)
+
+
+@pytest.mark.slow
+def test_ema_run_saves_the_average_as_its_model(shapes, tmp_path):
+    run = _train(shapes, tmp_path / "ema", epochs=2, overrides={"ema_decay": 0.9})
+    ckpt = torch.load(run.checkpoint_path("best"), weights_only=True)
+    w = "fc.weight"
+    assert {"ema", "train_model"} <= set(ckpt)
+    torch.testing.assert_close(ckpt["model"][w], ckpt["ema"]["module." + w])  # "model" is the average...
+    assert not torch.equal(ckpt["model"][w], ckpt["train_model"][w])  # ...not the raw weights
+    # and it is what produced the cached outputs
+    model = run.load_model("best", device="cpu")
+    val = T.CachedImages(run.config["data_dir"], "val", run.known_classes, 32, workers=0)
+    ev = T.evaluate(model, torch.nn.CrossEntropyLoss(), val.batches(), torch.device("cpu"), keep_outputs=True)
+    np.testing.assert_allclose(ev["logits"], run.outputs("val")["logits"], atol=1e-4)
+
+
 @pytest.mark.slow
 def test_paper_recipe_per_image_pipeline(shapes, tmp_path):
     run = _train(shapes, tmp_path / "paper", recipe="paper", epochs=1, batch_size=None, lr=None)

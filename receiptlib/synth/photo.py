@@ -151,6 +151,29 @@ def _warp(img: Image.Image, theta: float, center, jitter: np.ndarray, size) -> t
     return img.transform(size, Image.PERSPECTIVE, _coeffs(dst, src), Image.BILINEAR), dst
 
 
+def _header_in_frame(center, logo_box, scale_xy, size_wh, theta: float, frame_wh, margin: float = 0.04) -> tuple[float, float]:
+    """`center` moved (as little as possible) so the receipt's logo lies inside the frame with a margin.
+
+    A customer photographing a receipt aims at it: zoomed in or off-centre, the header with the chain's
+    name stays in the picture (the bottom may run out of it). Without this, a strong zoom and shift could
+    leave a photo labelled with a chain whose receipt shows only an anonymous corner: unlearnable noise.
+    """
+    (x0, y0, x1, y1), (kx, ky), (pw, ph), (W, H) = logo_box, scale_xy, size_wh, frame_wh
+    box = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], float) * (kx, ky) - (pw / 2, ph / 2)
+    c, s = math.cos(theta), math.sin(theta)
+    box = box @ np.array([[c, s], [-s, c]]) + np.asarray(center, float)
+    moved = []
+    for axis, size in ((0, W), (1, H)):
+        lo, hi = box[:, axis].min(), box[:, axis].max()
+        a, b = margin * size, (1 - margin) * size
+        if hi - lo > b - a:
+            d = (a + b - lo - hi) / 2  # larger than the frame: centre it
+        else:
+            d = max(0.0, a - lo) + min(0.0, b - hi)
+        moved.append(float(center[axis] + d))
+    return moved[0], moved[1]
+
+
 def _poly_area(p: np.ndarray) -> float:
     x, y = p[:, 0], p[:, 1]
     return 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
@@ -388,6 +411,9 @@ def photograph(receipt: Image.Image, rng: np.random.Generator, *, size: tuple[in
         layer2, _ = _warp(o, beta, c2, np.zeros((4, 2)), (W, H))
         drop_shadow(layer2, 0.35)
         frame.alpha_composite(layer2)
+    if only is None and "logo_box" in receipt.info:
+        center = _header_in_frame(center, receipt.info["logo_box"], (pw / rw, ph / rh), (pw, ph), theta, (W, H))
+        sx, sy = center[0] / W - 0.5, center[1] / H - 0.5  # the shift the photo shows, after aiming
     layer, corners = _warp(img, theta, center, jitter, (W, H))
     alpha = np.asarray(layer.getchannel("A"), np.float32)
     drop_shadow(layer, rng.uniform(0.2, 0.5))

@@ -21,7 +21,7 @@ from .chains import World, make_world
 from .photo import PARAM_NAMES, _photo_backgrounds, photograph
 from .render import render_receipt
 
-FORMAT_VERSION = 1  # bump whenever the generator's output bytes change for the same config and seed
+FORMAT_VERSION = 2  # bump whenever the generator's output bytes change for the same config and seed
 SPLITS = ("train", "val", "test")
 SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 MANIFEST_COLUMNS = ("path", "split", "label", "chain", "lookalike", "lookalike_of", "logo_in_frame", "second_chain") + PARAM_NAMES
