@@ -11,6 +11,8 @@ from typing import Iterable, TypeVar
 import numpy as np
 
 OTHER = "Other"  # reserved class name: unknown chains; its label index is len(known classes)
+# Display names of section VII's methods: here so the README summary (report.py) needs no torch import
+STN_METHOD_NAMES = {"resnet": "ResNet alone", "joint": "joint", "staged": "staged"}
 
 T = TypeVar("T")
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import jsonable
+from .common import STN_METHOD_NAMES, jsonable
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 
@@ -260,7 +260,6 @@ def summary(results_dir: str | Path = "results", *, link_prefix: str = "") -> st
     return "\n".join(lines)
 
 
-_STN_METHODS = {"resnet": "ResNet alone", "joint": "joint", "staged": "staged"}  # as in rl.stn.METHOD_NAMES
 _STN_SLICES = {"all": "all test photos", "hard": "hard slice"}
 
 
@@ -275,7 +274,7 @@ def _stn_section(r: dict, notebook: str, fig) -> list[str]:
              f"({notebook}, {fig('05_learning_curves')}, {fig('05_stn_outputs_staged')}):", "",
              "| slice | method | closed-set acc. | macro-F1 with Other |", "|---|---|---|---|"]
     for row in r["summary"]:
-        lines.append(f"| {_STN_SLICES.get(row['slice'], row['slice'])} | {_STN_METHODS.get(row['method'], row['method'])} "
+        lines.append(f"| {_STN_SLICES.get(row['slice'], row['slice'])} | {STN_METHOD_NAMES.get(row['method'], row['method'])} "
                      f"| {pm(row, 'accuracy')} | {pm(row, 'macro_f1')} |")
     return lines
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import pick_device, seed_everything
+from .common import STN_METHOD_NAMES, pick_device, seed_everything
 from .data import ReceiptFolder
 
 TRANSFORMS = {"affine": 6, "rts": 4}  # number of parameters the localisation net regresses
@@ -409,23 +409,13 @@ class ClippedAdamW(_ClipGroups, torch.optim.AdamW):
 
 
 def make_optimizer(groups, base) -> torch.optim.Optimizer:
-    """The classifier recipe's optimiser over ``groups`` (a module's parameters, or ``param_groups``), as
-    ``train.make_optimizer`` builds it for a plain run: ``base.optimizer`` "sgd" (momentum, Nesterov) or
-    "adamw" (the fast recipe's: from scratch it gets going where SGD sits at chance), weight decay on
-    weights only (not on biases and BatchNorm), so ResNet alone here trains as ``receiptlib train`` does.
-    Group entries (lr, name, max_grad_norm) are kept; the localisation net's gradient is clipped."""
-    groups = list(groups)
-    if not groups or not isinstance(groups[0], dict):
-        groups = [{"params": groups}]
-    split = []
-    for g in groups:
-        for decayed in (True, False):
-            params = [p for p in g["params"] if (p.ndim > 1) == decayed]
-            if params:
-                split.append({**g, "params": params, "weight_decay": base.weight_decay if decayed else 0.0})
-    if base.optimizer == "adamw":
-        return ClippedAdamW(split, lr=base.lr, betas=(base.momentum, 0.999))
-    return ClippedSGD(split, lr=base.lr, momentum=base.momentum, nesterov=base.nesterov and base.momentum > 0)
+    """The classifier recipe's optimiser over ``groups`` (a module's parameters, or ``param_groups``), built
+    by ``train.make_optimizer`` as for a plain run (so ResNet alone here trains as ``receiptlib train``
+    does), with the clipping classes: group entries (lr, name, max_grad_norm) are kept and the localisation
+    net's gradient is clipped. Frozen parameters stay in (staged training unfreezes them later)."""
+    from . import train as rtrain
+
+    return rtrain.make_optimizer(list(groups), base, sgd=ClippedSGD, adamw=ClippedAdamW)
 
 
 @dataclass
@@ -826,7 +816,7 @@ def snapshot_grid(comparison: dict, key: str = "staged-seed0", *, epochs: Sequen
 # Reading a comparison (notebook 05): the table, a conclusion from its numbers, the figures
 # ----------------------------------------------------------------------------------------------
 
-METHOD_NAMES = {"resnet": "ResNet alone", "joint": "joint", "staged": "staged"}
+METHOD_NAMES = STN_METHOD_NAMES
 SLICE_NAMES = {"all": "All test photos", "hard": "Hard slice (large rotation or strong perspective)"}
 _METRICS = (("macro_f1", "macro-F1 with Other"), ("accuracy", "closed-set accuracy"))
 _COLOURS = {"resnet": "#4c72b0", "joint": "#dd8452", "staged": "#55a868"}

@@ -454,14 +454,27 @@ def evaluate(model: nn.Module, criterion: Callable, batches: Iterable[tuple[torc
     return result
 
 
-def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """SGD with momentum (the paper) or AdamW; no weight decay on BatchNorm weights and biases."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def make_optimizer(params, recipe: Recipe, *, sgd: type = torch.optim.SGD,
+                   adamw: type = torch.optim.AdamW) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper) or AdamW; no weight decay on BatchNorm weights and biases.
+
+    params: a module (its trainable parameters), or parameter groups (dicts; their other entries, such as a
+    per-group lr, are kept) or tensors. sgd / adamw: the classes to build, e.g. stn's gradient-clipping ones.
+    """
+    if isinstance(params, nn.Module):
+        params = [p for p in params.parameters() if p.requires_grad]
+    groups = list(params)
+    if not groups or not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    split = []
+    for group in groups:
+        for decayed in (True, False):
+            chosen = [p for p in group["params"] if (p.ndim > 1) == decayed]
+            if chosen:
+                split.append({**group, "params": chosen, "weight_decay": recipe.weight_decay if decayed else 0.0})
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr, betas=(recipe.momentum, 0.999))
-    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov and recipe.momentum > 0)
+        return adamw(split, lr=recipe.lr, betas=(recipe.momentum, 0.999))
+    return sgd(split, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov and recipe.momentum > 0)
 
 
 def make_ema(model: nn.Module, recipe: Recipe):

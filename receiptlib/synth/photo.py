@@ -141,12 +141,18 @@ def _coeffs(dst, src) -> tuple:
     return tuple(np.linalg.solve(np.array(A, float), np.array(b, float)))
 
 
+def _place(points, size, theta: float, center) -> np.ndarray:
+    """Where `_warp` puts `points` of an image of `size` (w, h): turned by theta about its middle, moved to center."""
+    w, h = size
+    c, s = math.cos(theta), math.sin(theta)
+    return (np.asarray(points, float) - (w / 2, h / 2)) @ np.array([[c, s], [-s, c]]) + np.asarray(center, float)
+
+
 def _warp(img: Image.Image, theta: float, center, jitter: np.ndarray, size) -> tuple[Image.Image, np.ndarray]:
     """Rotate by theta (radians, image coordinates), place at center, jitter the corners (perspective)."""
     w, h = img.size
     src = np.array([(0, 0), (w, 0), (w, h), (0, h)], float)
-    c, s = math.cos(theta), math.sin(theta)
-    dst = (src - (w / 2, h / 2)) @ np.array([[c, s], [-s, c]]) + np.asarray(center, float) + jitter
+    dst = _place(src, (w, h), theta, center) + jitter
     # Not premultiplied: the dark fringe this leaves at the paper's edge reads as the edge's own shadow.
     return img.transform(size, Image.PERSPECTIVE, _coeffs(dst, src), Image.BILINEAR), dst
 
@@ -159,9 +165,7 @@ def _header_in_frame(center, logo_box, scale_xy, size_wh, theta: float, frame_wh
     leave a photo labelled with a chain whose receipt shows only an anonymous corner: unlearnable noise.
     """
     (x0, y0, x1, y1), (kx, ky), (pw, ph), (W, H) = logo_box, scale_xy, size_wh, frame_wh
-    box = np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], float) * (kx, ky) - (pw / 2, ph / 2)
-    c, s = math.cos(theta), math.sin(theta)
-    box = box @ np.array([[c, s], [-s, c]]) + np.asarray(center, float)
+    box = _place(np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], float) * (kx, ky), (pw, ph), theta, center)
     moved = []
     for axis, size in ((0, W), (1, H)):
         lo, hi = box[:, axis].min(), box[:, axis].max()
