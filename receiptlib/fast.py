@@ -86,8 +86,11 @@ class Predictor:
 class TorchPredictor(Predictor):
     """A PyTorch module run in one of the torch-* modes (see module docstring)."""
 
-    def __init__(self, model: nn.Module, backend: str = "torch-fp32", *, device: str | torch.device = "auto"):
-        from .common import pick_device
+    def __init__(self, model: nn.Module, backend: str = "torch-fp32", *, device: str | torch.device = "auto",
+                 emulated_bf16: bool = False):
+        """emulated_bf16: allow the bf16 backends on a CPU without bf16 hardware (correct, but several times
+        slower than fp32 there, so by default they are unavailable and the automatic choice skips them)."""
+        from .common import native_bf16, pick_device
 
         if not backend.startswith("torch-") or backend not in BACKENDS:
             raise ValueError(f"backend={backend!r}: expected one of {[b for b in BACKENDS if b.startswith('torch-')]}")
@@ -115,6 +118,10 @@ class TorchPredictor(Predictor):
             model = model.to(memory_format=torch.channels_last)
         if self.bf16 and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise BackendUnavailable(f"{backend}: this GPU ({torch.cuda.get_device_name(dev)}) has no bf16 support")
+        if self.bf16 and dev.type == "cpu" and not emulated_bf16 and not native_bf16(dev):
+            raise BackendUnavailable(f"{backend}: this CPU has no bf16 hardware (AVX512-BF16/AMX; it has "
+                                     f"{torch.backends.cpu.get_cpu_capability()}), where emulated bf16 runs several "
+                                     "times slower than fp32; pass emulated_bf16=True to run it anyway")
         if backend == "torch-compile":
             try:
                 model = torch.compile(model)

@@ -54,9 +54,19 @@ def test_torch_backends_agree_with_reference(model):
     x = _images(4)
     ref = fast.TorchPredictor(model, "torch-fp32")(x)
     np.testing.assert_allclose(fast.TorchPredictor(model, "torch-channels_last")(x), ref, atol=1e-3, rtol=1e-3)
-    bf16 = fast.TorchPredictor(model, "torch-bf16")(x)
+    bf16 = fast.TorchPredictor(model, "torch-bf16", emulated_bf16=True)(x)  # whatever this CPU has
     assert bf16.dtype == np.float32 and np.abs(bf16 - ref).max() < 0.1 * np.abs(ref).max() + 0.1
     assert next(model.parameters()).is_contiguous()  # the caller's model keeps its layout
+
+
+def test_bf16_backends_unavailable_on_cpu_without_bf16_hardware(model, monkeypatch):
+    from receiptlib import common
+
+    monkeypatch.setattr(common, "native_bf16", lambda device: False)
+    for backend in ("torch-bf16", "torch-compile"):
+        with pytest.raises(fast.BackendUnavailable, match="no bf16 hardware"):
+            fast.TorchPredictor(model, backend, device="cpu")
+    fast.TorchPredictor(model, "torch-channels_last", device="cpu")  # fp32 backends are unaffected
 
 
 def test_int8_quantization_runs(model, tmp_path):

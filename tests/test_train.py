@@ -67,6 +67,15 @@ def test_recipes_and_options_are_checked():
         T.get_recipe("fast", schedule="step")
 
 
+def test_auto_precision_uses_bf16_only_where_the_hardware_has_it(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(T, "native_bf16", lambda device: True)
+    assert T.amp_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(T, "native_bf16", lambda device: False)
+    assert T.amp_dtype("auto", cpu) is None  # emulated bf16 is several times slower than fp32
+    assert T.amp_dtype("bf16", cpu) == torch.bfloat16 and T.amp_dtype("none", cpu) is None  # explicit wins
+
+
 def test_augment_batch_matches_torchvision():
     """Rotation, brightness, contrast, saturation as torchvision computes them (mid-range pixels, so the
     single final clamp equals torchvision's clamp after each step); hue turns colours the same way."""
