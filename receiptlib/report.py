@@ -40,6 +40,33 @@ def project_root(start: str | Path | None = None) -> Path:
     return here
 
 
+def _shown_path(path: str | Path) -> str:
+    """`path` relative to the project root when it lies inside it (results do not name the checkout's folder)."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(project_root()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def machine() -> str:
+    """This machine in a few words, for the report's timings: CPU model, cores, SIMD level; GPU when present."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name(0)}"
+    return text
+
+
 @dataclass
 class Notebook:
     """What a report notebook needs from its parameters cell, in one object."""
@@ -106,7 +133,7 @@ class Notebook:
             "notebook": self.name,
             "preset": self.preset,
             "seed": self.seed,
-            "data_dir": str(self.data_dir) if self.data_dir is not None else None,
+            "data_dir": _shown_path(self.data_dir) if self.data_dir is not None else None,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
             "date": time.strftime("%Y-%m-%d"),
             "seconds": round(time.time() - self.started, 1),
@@ -179,6 +206,7 @@ def run_report(*, preset: str = "quick", seed: int = 0, only: list[str] | None =
         start = time.time()
         path = synth.ensure_dataset(preset, seed=seed, root=data_root, workers=workers)
         log(f"data: {path} ready in {time.time() - start:.0f} s")
+    data_seconds = round(time.time() - start, 1) if params.get("DATA_DIR") is None else None
     timings = []
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
@@ -194,8 +222,15 @@ def run_report(*, preset: str = "quick", seed: int = 0, only: list[str] | None =
         scratch.replace(target)
         timings.append({"notebook": nb.name, "seconds": round(seconds, 1)})
         log(f"{nb.name}: {seconds:.0f} s")
-    log(f"report: {len(timings)} notebooks in {sum(t['seconds'] for t in timings):.0f} s")
+    total = sum(t["seconds"] for t in timings) + (data_seconds or 0)
+    log(f"report: {len(timings)} notebooks in {total:.0f} s with the data")
     results_dir = Path(params.get("RESULTS_DIR") or root / "results")
+    if only is None:  # the whole report: how long it took, and where (README's "Quick start" cites it)
+        results_dir.mkdir(parents=True, exist_ok=True)
+        (results_dir / REPORT_FILE).write_text(json.dumps(jsonable(
+            {"meta": {"preset": preset, "seed": seed, "machine": machine(), "date": time.strftime("%Y-%m-%d")},
+             "data_seconds": data_seconds, "notebooks": timings, "total_seconds": round(total, 1),
+             "total_minutes": round(total / 60)}), indent=2) + "\n")
     readme = root / "README.md"
     if output_dir is None and readme.is_file() and BEGIN in readme.read_text():
         update_readme(readme, results_dir=results_dir)
@@ -211,6 +246,7 @@ if __name__ == "__main__":  # pragma: no cover
 # The results front page: README's marked section, written from results/*.json only
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+REPORT_FILE = "report.json"  # the runner's own timings (results/NN_*.json are the notebooks')
 
 
 def _num(x, digits: int = 3) -> str:
@@ -233,6 +269,12 @@ def summary(results_dir: str | Path = "results", *, link_prefix: str = "") -> st
     fig = lambda name: f"[figure]({link_prefix}figures/{name}.png)"  # noqa: E731
     lines = [f"_Written by `receiptlib report` from `results/*.json` (preset `{meta['preset']}`, seed {meta['seed']}, "
              f"{meta['device']}, {meta['date']}); regenerated on every run, not edited by hand._", ""]
+    timing = results_dir / REPORT_FILE
+    if timing.is_file():
+        t = json.loads(timing.read_text())
+        steps = ([f"data {_num(t['data_seconds'], 0)} s"] if t.get("data_seconds") is not None else []) + \
+            [f"{n['notebook'][:2]} {_num(n['seconds'], 0)} s" for n in t["notebooks"]]
+        lines += [f"- **This run** took {t['total_minutes']} minutes on {t['meta']['machine']} ({', '.join(steps)})."]
     if "03" in found:
         r = found["03"]
         lines += [f"- **Closed-set accuracy** (val, known chains): {_num(r['val_accuracy'])} after {r['epochs']} epochs "

@@ -85,7 +85,34 @@ def test_readme_section_is_regenerated_in_place(tmp_path):
 
 def test_committed_readme_matches_committed_results():
     results_dir = REPO / "results"
-    results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("[0-9][0-9]_*.json"))]
+    results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
     text = section((REPO / "README.md").read_text()).strip()
     assert text == rl.report.summary(results_dir).strip(), "README's results section is stale: run `make report`"
     assert numbers_are_from(text, results) == []
+
+
+def test_runner_records_its_timings_and_the_summary_cites_them(tmp_path):
+    import nbformat
+
+    nb_dir, out_dir, results = tmp_path / "notebooks", tmp_path / "executed", tmp_path / "results"
+    nb_dir.mkdir()
+    for name in ("01_a.ipynb", "02_b.ipynb"):
+        cell = nbformat.v4.new_code_cell("SEED = 0\nPRESET = 'quick'\nRESULTS_DIR = None")
+        cell.metadata["tags"] = ["parameters"]
+        nb = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_code_cell("x = SEED + 1")])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, nb_dir / name)
+    timings = rl.report.run_report(notebooks_dir=nb_dir, output_dir=out_dir, log=lambda *_: None,
+                                   parameters={"DATA_DIR": str(tmp_path), "RESULTS_DIR": str(results)})
+    assert [t["notebook"] for t in timings] == ["01_a.ipynb", "02_b.ipynb"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["01_a.ipynb", "02_b.ipynb"]
+    record = json.loads((results / rl.report.REPORT_FILE).read_text())
+    assert record["notebooks"] == timings and record["data_seconds"] is None  # DATA_DIR given: nothing generated
+    assert record["total_seconds"] == pytest.approx(sum(t["seconds"] for t in timings), abs=0.2)
+    notebook_result = {"meta": {"notebook": "03_training", "preset": "quick", "seed": 0, "device": "cpu (2 cores)",
+                                "date": "2026-11-30"}, "val_accuracy": 0.5, "epochs": 3, "train_seconds": 9.5,
+                       "weights_source": "none"}
+    (results / "03_training.json").write_text(json.dumps(notebook_result))
+    text = rl.report.summary(results)
+    assert f"took {record['total_minutes']} minutes on {record['meta']['machine']}" in text
+    assert numbers_are_from(text, [record, notebook_result]) == []
