@@ -27,6 +27,11 @@ def imagenet_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
 
 
+def auto_weights() -> str:
+    """What weights="auto" means on this machine: "imagenet" when torchvision's file is present, else "none"."""
+    return "imagenet" if imagenet_weights_path().is_file() else "none"
+
+
 def _imagenet_state_dict(allow_download: bool) -> tuple[dict, Path]:
     path = imagenet_weights_path()
     if not path.is_file():
@@ -109,7 +114,7 @@ def resnet18(num_classes: int, *, weights: str | os.PathLike = "auto", allow_dow
     if key == "none":
         source = "none"
     elif key in ("imagenet", "auto"):
-        if key == "auto" and not imagenet_weights_path().is_file():
+        if key == "auto" and auto_weights() == "none":
             source = AUTO_SCRATCH
             warnings.warn(f"weights='auto': no ImageNet weights at {imagenet_weights_path()}; training ResNet18 "
                           "from scratch (the paper fine-tunes ImageNet weights)", stacklevel=2)

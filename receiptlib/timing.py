@@ -160,8 +160,9 @@ def _ort_matmul_gflops(n: int, int8: bool, threads: int, repeats: int) -> float 
 def ceilings(device, *, n: int = 2048, repeats: int = 5) -> dict[str, float | None]:
     """GFLOP/s of a large n x n matrix product per precision on ``device``: the device's practical limit.
 
-    fp32 and int8 take the faster of torch and ONNX Runtime (each backend family's own kernels); bf16 is
-    torch's. None where a precision cannot run here.
+    fp32 takes the faster of torch and ONNX Runtime (each backend family's own kernels); int8 is ONNX
+    Runtime's on a CPU (what onnx-int8 runs on) and torch's on CUDA; bf16 is torch's. None where a precision
+    cannot run here, or is only emulated (bf16 on a CPU without bf16 hardware).
     """
     import torch
 
@@ -169,7 +170,12 @@ def ceilings(device, *, n: int = 2048, repeats: int = 5) -> dict[str, float | No
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     threads = torch.get_num_threads()
     out: dict[str, float | None] = {}
+    from .common import native_bf16
+
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if name == "bf16" and not native_bf16(device):  # emulated: no ceiling to speak of (and slow to time)
+            out[name] = None
+            continue
         try:
             a = torch.randn(n, n, device=device).to(dtype)
             b = torch.randn(n, n, device=device).to(dtype)
@@ -177,6 +183,8 @@ def ceilings(device, *, n: int = 2048, repeats: int = 5) -> dict[str, float | No
         except Exception:  # noqa: BLE001 - a precision the device lacks
             out[name] = None
     try:
+        if device.type == "cpu":  # torch's CPU int8 matmul is a slow reference kernel (minutes at n=2048 on
+            raise NotImplementedError  # an AVX2 EPYC); ONNX Runtime's, below, is what onnx-int8 runs on
         a = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
         b = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device)
         out["int8"] = 2 * n**3 / _median_seconds(lambda: torch._int_mm(a, b), warmup=2, repeats=repeats, sync=sync) / 1e9

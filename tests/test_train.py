@@ -76,6 +76,27 @@ def test_auto_precision_uses_bf16_only_where_the_hardware_has_it(monkeypatch):
     assert T.amp_dtype("bf16", cpu) == torch.bfloat16 and T.amp_dtype("none", cpu) is None  # explicit wins
 
 
+def test_zoom_and_shift_move_the_picture_as_documented():
+    """A white column 4.5 px right of the centre (31.5): zoom 2 puts it 9 px right; a shift of 0.25 moves the
+    picture a quarter of the width; no zoom and no shift (the paper's recipe) leave it where it was."""
+    img = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
+    img[..., 36] = 255
+    one, zero = torch.ones(1), torch.zeros(1)
+    base = dict(angle=zero, brightness=one, contrast=one, saturation=one, hue=zero)
+    black = float(T.augment_batch(img, base)[0, 0].min())
+
+    def where(**extra) -> float:  # brightness-weighted column of the picture
+        weight = (T.augment_batch(img, {**base, **extra})[0, 0] - black).mean(0)
+        return float((weight * torch.arange(64)).sum() / weight.sum())
+
+    assert where() == pytest.approx(36, abs=0.05)
+    assert where(zoom=torch.tensor([2.0])) == pytest.approx(31.5 + 9, abs=0.3)
+    assert where(shift_x=torch.tensor([0.25])) == pytest.approx(36 - 16, abs=0.3)
+    draws = T.draw_augment(1000, torch.Generator().manual_seed(0), T.get_recipe("fast", zoom=0.25, shift=0.1))
+    assert 1 / 1.25 - 1e-6 <= draws["zoom"].min() < 0.85 and 1.2 < draws["zoom"].max() <= 1.25 + 1e-6
+    assert 0.09 < draws["shift_x"].abs().max() <= 0.1 and 0.09 < draws["shift_y"].abs().max() <= 0.1
+
+
 def test_augment_batch_matches_torchvision():
     """Rotation, brightness, contrast, saturation as torchvision computes them (mid-range pixels, so the
     single final clamp equals torchvision's clamp after each step); hue turns colours the same way."""
