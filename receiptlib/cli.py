@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = sub.add_parser("synth", help="generate a synthetic receipt-photo data set", formatter_class=fmt)
-    p.add_argument("--preset", default="quick", help="tiny (tests), quick (the report), paper (45k+20k photos)")
+    p.add_argument("--preset", default="quick", help="tiny (tests), quick (the report), hard (quick at full distortion), paper (45k+20k photos)")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives byte-identical files")
     p.add_argument("--out", default=None, help="output folder (default: ROOT/synth-PRESET-seedSEED)")
     p.add_argument("--root", default="data", help="where the default output folder goes")
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=timing.bench_command)
 
     p = sub.add_parser("report", help="generate the data and execute notebooks/NN_*.ipynb in order", formatter_class=fmt)
-    p.add_argument("--preset", default="quick", help="data and training preset passed to every notebook")
+    p.add_argument("--preset", default="quick", help="data and training preset passed to every notebook: tiny, quick, hard, paper")
     p.add_argument("--seed", type=int, default=0, help="SEED passed to every notebook")
     p.add_argument("--only", nargs="+", default=None, metavar="NN", help="only notebooks whose name starts with these prefixes")
     p.add_argument("--data-dir", default=None, help="a folder of real photos (train/, val/, test/) instead of synthetic data")

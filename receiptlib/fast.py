@@ -101,6 +101,11 @@ class TorchPredictor(Predictor):
         model = model.eval().to(dev)
         self.channels_last = backend != "torch-fp32"
         self.bf16 = backend in ("torch-bf16", "torch-compile")
+        if self.bf16 and not emulated_bf16 and not native_bf16(dev):
+            where = (f"this GPU ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else
+                     f"this CPU ({torch.backends.cpu.get_cpu_capability()}; bf16 needs AVX512-BF16 or AMX)")
+            raise BackendUnavailable(f"{backend}: {where} has no bf16 hardware, where emulated bf16 runs several "
+                                     "times slower than fp32")
         self.fused = False
         if self.channels_last:
             # a copy, so the caller's model (often the fp32 reference) keeps its layout; BatchNorm folded
@@ -116,12 +121,6 @@ class TorchPredictor(Predictor):
                 except Exception:  # noqa: BLE001 - a model fx cannot trace runs unfused
                     pass
             model = model.to(memory_format=torch.channels_last)
-        if self.bf16 and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise BackendUnavailable(f"{backend}: this GPU ({torch.cuda.get_device_name(dev)}) has no bf16 support")
-        if self.bf16 and dev.type == "cpu" and not emulated_bf16 and not native_bf16(dev):
-            raise BackendUnavailable(f"{backend}: this CPU has no bf16 hardware (AVX512-BF16/AMX; it has "
-                                     f"{torch.backends.cpu.get_cpu_capability()}), where emulated bf16 runs several "
-                                     "times slower than fp32; pass emulated_bf16=True to run it anyway")
         if backend == "torch-compile":
             try:
                 model = torch.compile(model)
@@ -565,11 +564,21 @@ def load_choice(fast_dir: str | os.PathLike) -> FastChoice:
 
 
 def load_predictor(fast_dir: str | os.PathLike, *, model: nn.Module | None = None, backend: str | None = None,
-                   threads: int | None = None, device: str = "auto") -> Predictor:
-    """The predictor saved in ``fast_dir/choice.json`` (or ``backend`` to override); torch-* need ``model``."""
+                   threads: int | None = None, device: str = "auto", spinning: bool = True) -> Predictor:
+    """The predictor saved in ``fast_dir/choice.json`` (or ``backend`` to override); torch-* need ``model``.
+
+    A saved choice that cannot run on this machine (say torch-bf16, chosen where the CPU has bf16 hardware,
+    now on one without) falls back to the fp32 reference with a warning; an explicit ``backend`` raises."""
     choice = load_choice(fast_dir)
-    name = backend or choice.backend
-    return make_predictor(name, model=model, onnx_dir=fast_dir, threads=threads, device=device)
+    kwargs = dict(model=model, onnx_dir=fast_dir, threads=threads, device=device, spinning=spinning)
+    if backend is not None:
+        return make_predictor(backend, **kwargs)
+    try:
+        return make_predictor(choice.backend, **kwargs)
+    except BackendUnavailable as exc:
+        warnings.warn(f"{fast_dir}: the saved fast backend {choice.backend!r} cannot run here ({exc}); using "
+                      f"{REFERENCE} (rebuild with `receiptlib build-fast` to choose again on this machine)", stacklevel=2)
+        return make_predictor(REFERENCE, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -638,9 +647,8 @@ def fast_predictor(run, *, backend: str | None = None, threads: int | None = Non
         if not build:
             raise FileNotFoundError(f"{fast_dir / CHOICE_FILE} missing; run receiptlib.fast.build_fast_model first")
         build_fast_model(run, threads=threads, device=device, **build_kwargs)
-    name = backend or load_choice(fast_dir).backend
-    model = load_run_model(run, device) if name.startswith("torch-") else None
-    return make_predictor(name, model=model, onnx_dir=fast_dir, threads=threads, device=device, spinning=spinning)
+    model = load_run_model(run, device)  # for a torch-* choice, and for the fallback should the saved one not run here
+    return load_predictor(fast_dir, model=model, backend=backend, threads=threads, device=device, spinning=spinning)
 
 
 def load_run_model(run, device: str = "cpu"):

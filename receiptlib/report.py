@@ -49,6 +49,18 @@ def _shown_path(path: str | Path) -> str:
         return str(path)
 
 
+def _relative_paths(value):
+    """Absolute paths inside the project, anywhere in a results document, made relative to the project root:
+    results do not name the folder of the checkout that produced them."""
+    if isinstance(value, dict):
+        return {k: _relative_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative_paths(v) for v in value]
+    if isinstance(value, str) and value.startswith(str(project_root()) + os.sep):
+        return _shown_path(value)
+    return value
+
+
 def machine() -> str:
     """This machine in a few words, for the report's timings: CPU model, cores, SIMD level; GPU when present."""
     import platform
@@ -65,6 +77,17 @@ def machine() -> str:
     if torch.cuda.is_available():
         text += f", {torch.cuda.get_device_name(0)}"
     return text
+
+
+def training_precision() -> str:
+    """What the fast recipe trains in here (train.amp_dtype of "auto"): the report's speed depends on it."""
+    import torch
+
+    from .common import pick_device
+    from .train import amp_dtype
+
+    dtype = amp_dtype("auto", pick_device("auto"))
+    return f"training in {str(dtype).replace('torch.', '') if dtype is not None else 'float32'}"
 
 
 @dataclass
@@ -140,7 +163,7 @@ class Notebook:
         }
         self.results_dir.mkdir(parents=True, exist_ok=True)
         path = self.results_dir / f"{self.name}.json"
-        path.write_text(json.dumps(jsonable({"meta": meta, **results}), indent=2) + "\n")
+        path.write_text(json.dumps(_relative_paths(jsonable({"meta": meta, **results})), indent=2) + "\n")
         return path
 
 
@@ -228,9 +251,10 @@ def run_report(*, preset: str = "quick", seed: int = 0, only: list[str] | None =
     if only is None:  # the whole report: how long it took, and where (README's "Quick start" cites it)
         results_dir.mkdir(parents=True, exist_ok=True)
         (results_dir / REPORT_FILE).write_text(json.dumps(jsonable(
-            {"meta": {"preset": preset, "seed": seed, "machine": machine(), "date": time.strftime("%Y-%m-%d")},
+            {"meta": {"preset": preset, "seed": seed, "machine": machine(), "precision": training_precision(),
+                      "date": time.strftime("%Y-%m-%d")},
              "data_seconds": data_seconds, "notebooks": timings, "total_seconds": round(total, 1),
-             "total_minutes": round(total / 60)}), indent=2) + "\n")
+             "total_minutes": max(1, round(total / 60))}), indent=2) + "\n")
     readme = root / "README.md"
     if output_dir is None and readme.is_file() and BEGIN in readme.read_text():
         update_readme(readme, results_dir=results_dir)
@@ -270,11 +294,13 @@ def summary(results_dir: str | Path = "results", *, link_prefix: str = "") -> st
     lines = [f"_Written by `receiptlib report` from `results/*.json` (preset `{meta['preset']}`, seed {meta['seed']}, "
              f"{meta['device']}, {meta['date']}); regenerated on every run, not edited by hand._", ""]
     timing = results_dir / REPORT_FILE
-    if timing.is_file():
-        t = json.loads(timing.read_text())
+    t = json.loads(timing.read_text()) if timing.is_file() else None
+    if t and (t["meta"]["preset"], t["meta"]["seed"]) == (meta["preset"], meta["seed"]):  # the same report's
         steps = ([f"data {_num(t['data_seconds'], 0)} s"] if t.get("data_seconds") is not None else []) + \
             [f"{n['notebook'][:2]} {_num(n['seconds'], 0)} s" for n in t["notebooks"]]
-        lines += [f"- **This run** took {t['total_minutes']} minutes on {t['meta']['machine']} ({', '.join(steps)})."]
+        precision = f", {t['meta']['precision']}" if t["meta"].get("precision") else ""
+        lines += [f"- **This run** took {t['total_minutes']} minutes on {t['meta']['machine']}{precision} "
+                  f"({', '.join(steps)})."]
     if "03" in found:
         r = found["03"]
         lines += [f"- **Closed-set accuracy** (val, known chains): {_num(r['val_accuracy'])} after {r['epochs']} epochs "

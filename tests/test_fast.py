@@ -180,3 +180,19 @@ def test_build_fast_model_for_a_run_folder(tmp_path):
     pred = fast.fast_predictor(run, threads=1)
     assert pred.backend == choice.backend
     assert fast.fast_predictor(run, backend="torch-fp32").backend == "torch-fp32"
+
+
+def test_a_saved_choice_that_cannot_run_here_falls_back_to_fp32(model, tmp_path, monkeypatch):
+    """A fast model built where the CPU has bf16 hardware, used where it has not: fp32 with a warning."""
+    from receiptlib import common
+
+    fast.select_fast(model, [_images(4)], np.zeros(4, dtype=int), tmp_path, candidates=["torch-fp32"],
+                     threads=1, speed_repeats=1, verbose=False)
+    saved = json.loads((tmp_path / "choice.json").read_text())
+    (tmp_path / "choice.json").write_text(json.dumps({**saved, "backend": "torch-bf16"}))
+    monkeypatch.setattr(common, "native_bf16", lambda device: False)
+    with pytest.warns(UserWarning, match="torch-bf16.*cannot run here"):
+        pred = fast.load_predictor(tmp_path, model=model, threads=1)
+    assert pred.backend == "torch-fp32"
+    with pytest.raises(fast.BackendUnavailable):  # asked for by name: no silent substitute
+        fast.load_predictor(tmp_path, model=model, backend="torch-bf16", threads=1)

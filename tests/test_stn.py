@@ -187,7 +187,7 @@ def make_folder(root, *, classes=("Alpha", "Beta", "Gamma"), per_class=(4, 2, 2)
 
 
 # image_size 32, not 16: at 16 px ResNet18's layer4 sees 1x1 maps, where bf16 + channels_last conv backward on
-# this CPU (torch 2.14.1, oneDNN) returns garbage weight gradients (NaN or 1e26); 32 px is exact.
+# a CPU with bf16 hardware (torch 2.14.1, oneDNN) returned garbage weight gradients (NaN or 1e26); 32 px is exact.
 TINY = dict(image_size=32, input_size=64, loc_size=16, epochs=2, stage2_epochs=1, freeze_epochs=1,
             batch_size=4, lr=0.02, weights="none", overrides={"eval_batch_size": 8})
 

@@ -93,6 +93,24 @@ def test_refuses_to_overwrite_a_different_data_set(tmp_path):
         synth.generate(other, SMALL, seed=0)
 
 
+def test_ensure_dataset_regenerates_an_older_version_of_its_preset(tmp_path, monkeypatch):
+    monkeypatch.setitem(synth.PRESETS, "small", SMALL)
+    out = synth.ensure_dataset("small", seed=0, root=tmp_path, workers=1)
+    fresh = _files(out)
+    meta = json.loads((out / "synth.json").read_text())
+    meta["config"]["difficulty"] = 0.5  # as a checkout of an older preset would have left it
+    (out / "synth.json").write_text(json.dumps(meta))
+    (out / "train" / "stale.jpg").write_bytes(b"old")
+    assert synth.ensure_dataset("small", seed=0, root=tmp_path, workers=1) == out
+    assert _files(out) == fresh  # regenerated: the old files are gone, the preset's own bytes are back
+
+
+def test_presets_for_reports_and_data_match():
+    from receiptlib import runs
+
+    assert set(runs.REPORT_PRESETS) == set(synth.PRESETS)
+
+
 def test_world_val_and_test_unknown_chains_are_disjoint():
     w = synth.make_world(0)
     assert len(w.known) == 25 and len(w.unknown_val) + len(w.unknown_test) >= 30
