@@ -9,7 +9,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from receiptlib import openset as os_
 from receiptlib.openset import (KNN, Energy, GlobalSoftmax, LogitDistance, Mahalanobis, MaxLogit, MaxSoftmax,
-                                Outputs, PerClassLogit, Voting)
+                                Outputs, PerClassLogit, Voting, _KthNeighbour)
 
 CLASSES = ["JewelOsco", "Aldi", "Bilo", "Coop", "Dm"]  # known classes; Other is index 5
 C = len(CLASSES)
@@ -491,3 +491,15 @@ def test_macro_f1_fit_refuses_a_val_set_without_other():
     with pytest.raises(ValueError, match="needs Other images"):
         PerClassLogit(rule="macro_f1").fit(Outputs(logits=logits, labels=labels))
     PerClassLogit(rule="mean_std").fit(Outputs(logits=logits, labels=labels))  # the paper's rule needs no Other
+
+
+def test_knn_k_stays_within_a_class_of_the_reference_set():
+    """k = 50 over 12 reference images per class would reach into other classes for every known image (and
+    rank Other as more known than known); the cap keeps the k-th neighbour inside the class."""
+    small_val, small_test = make_outputs(0, n_known=12, n_other=40), make_outputs(1, n_known=12, n_other=40)
+    det = KNN().fit(small_val)
+    assert det.params["k"] == 50 and det.k_ == 6
+    capped = roc_auc_score(small_test.labels == C, det.score(small_test))
+    uncapped = _KthNeighbour(KNN._normalise(small_val.features[small_val.labels < C]), 50)
+    uncapped = roc_auc_score(small_test.labels == C, uncapped(KNN._normalise(small_test.features)))
+    assert capped > 0.8 and capped > uncapped + 0.2  # uncapped: 0.59 here, 0.21 in the report
