@@ -63,17 +63,11 @@ def _relative_paths(value):
 
 def machine() -> str:
     """This machine in a few words, for the report's timings: CPU model, cores, SIMD level; GPU when present."""
-    import platform
-
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}"
+    from .timing import cpu_name
+
+    text = f"{cpu_name()}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}"
     if torch.cuda.is_available():
         text += f", {torch.cuda.get_device_name(0)}"
     return text

@@ -217,6 +217,12 @@ def _read_meta(out: Path) -> dict | None:
         raise ValueError(f"{p} is not valid JSON ({e}); delete the folder {out} or choose another --out") from None
 
 
+def _same_version(meta: dict, config: SynthConfig, seed: int) -> bool:
+    """Whether a data set's synth.json records this format, seed and configuration."""
+    want = _meta(config, seed)
+    return all(meta.get(k) == want[k] for k in ("format_version", "seed", "config"))
+
+
 def _check_same(out: Path, config: SynthConfig, seed: int):
     meta = _read_meta(out)
     want = _meta(config, seed)
@@ -275,10 +281,8 @@ def is_complete(out: str | Path, config_or_preset: SynthConfig | str | None = No
     meta = _read_meta(out)
     if meta is None or not meta.get("complete") or not (out / "manifest.csv").exists():
         return False
-    if config_or_preset is not None and seed is not None:
-        want = _meta(_config(config_or_preset), seed)
-        if any(meta.get(k) != want[k] for k in ("format_version", "seed", "config")):
-            return False
+    if config_or_preset is not None and seed is not None and not _same_version(meta, _config(config_or_preset), seed):
+        return False
     with open(out / "manifest.csv", newline="") as f:
         return all((out / r["path"]).exists() for r in csv.DictReader(f))
 
@@ -362,8 +366,7 @@ def ensure_dataset(preset: str | SynthConfig = "quick", seed: int = 0, root: str
     config = _config(preset)
     out = dataset_dir(config.name, seed, root)
     meta = _read_meta(out)
-    if meta is not None and (meta.get("format_version"), meta.get("seed"), meta.get("config")) != \
-            tuple(_meta(config, seed)[k] for k in ("format_version", "seed", "config")):
+    if meta is not None and not _same_version(meta, config, seed):
         print(f"[synth] {out} holds an older version of the {config.name!r} preset (format "
               f"{meta.get('format_version')}); regenerating it", flush=True)
         shutil.rmtree(out)
