@@ -292,15 +292,17 @@ class STNRecipe:
     image_size: int = 64            # px the classifier sees (out_size): small for the CPU budget
     input_size: int = 128           # px of the full-resolution input the transformer samples from (2 x image_size)
     loc_size: int = 48              # px the localisation net sees: enough to find a receipt, cheap
-    epochs: int = 6                 # every mode trains this many epochs in total (staged: stage 1 + stage 2)
+    epochs: int = 6                 # every mode trains this many epochs in total (staged and resnet: stage 1
+                                    # + stage 2; joint: all of them with the transformer)
     batch_size: int | None = None   # None: the recipe's
     lr: float | None = None         # None: the recipe's peak rate for the classifier
     transform: str = "rts"          # "rts": the slides' restriction (no shear); "affine": the paper's 6 numbers
     loc_lr_mult: float = 0.1        # localisation net rate = lr x this in joint and staged alike, so staging is
                                     # the only difference; Jaderberg et al. also give it a lower rate: a large
                                     # one makes the transform jump faster than the classifier can follow
-    stage2_epochs: int = 3          # staged: the last epochs, with the transformer (stage 1 = epochs - this)
-    stage2_classifier_lr_mult: float = 0.1  # staged: the stage-1 classifier is fine-tuned gently, not re-learned
+    stage2_epochs: int = 3          # staged: the last epochs, with the transformer (stage 1 = epochs - this);
+                                    # resnet: the same epochs without it (0: one plain run of ``epochs``)
+    stage2_classifier_lr_mult: float = 0.1  # stage 2: the stage-1 classifier is fine-tuned gently, not re-learned
     freeze_epochs: int = 1          # staged: first stage-2 epochs with the classifier frozen, so the transformer
                                     # learns to serve a fixed, good classifier before both move together
     scale_range: tuple[float, float] = (0.4, 1.25)  # guard: zoom in at most 2.5x, out at most 1.25x
@@ -349,14 +351,18 @@ def build_model(recipe: STNRecipe, num_classes: int, mode: str, *, classifier: n
                          guard_weight=recipe.guard_weight)
 
 
-def stage2_model(stage1: nn.Module | dict | str | Path, recipe: STNRecipe, num_classes: int) -> STNClassifier:
-    """Staged training, start of stage 2: a fresh identity transformer in front of the stage-1 classifier.
+def stage2_model(stage1: nn.Module | dict | str | Path, recipe: STNRecipe, num_classes: int, *,
+                 mode: str = "staged") -> nn.Module:
+    """Start of stage 2: a fresh identity transformer in front of the stage-1 classifier (``mode="staged"``),
+    or that classifier alone, to be trained on without a transformer (``mode="resnet"``, the control).
 
     ``stage1``: the stage-1 model (its ``.classifier`` module is reused, not copied), a ResNet18 state dict,
     or a path to weights / a receiptlib checkpoint (e.g. ``run.checkpoint_path("best")`` of a plain run).
     """
     from . import models
 
+    if mode not in ("staged", "resnet"):
+        raise ValueError(f"mode={mode!r}: stage 2 exists for 'staged' and 'resnet'")
     if isinstance(stage1, nn.Module):
         classifier = getattr(stage1, "classifier", stage1)
     else:
@@ -368,7 +374,7 @@ def stage2_model(stage1: nn.Module | dict | str | Path, recipe: STNRecipe, num_c
         if "fc.weight" in state and state["fc.weight"].shape[0] != num_classes:
             raise ValueError(f"{source} has {state['fc.weight'].shape[0]} outputs; the data has {num_classes} known classes")
         models.load_backbone_state(classifier, state, source)
-    return build_model(recipe, num_classes, "joint", classifier=classifier)
+    return build_model(recipe, num_classes, "joint" if mode == "staged" else "resnet", classifier=classifier)
 
 
 def param_groups(model: STNClassifier, lr: float, *, classifier_mult: float, loc_mult: float,
@@ -426,7 +432,7 @@ class STNResult:
     model: nn.Module
     history: list[dict]
     snapshots: dict  # "epochs" [E], "theta" [E, n, 2, 3], "outputs" uint8 [E, n, S, S, 3] (transformer modes)
-    stage1_state: dict | None = None  # staged: the classifier's state dict at the end of stage 1
+    stage1_state: dict | None = None  # staged, resnet: the classifier's state dict at the end of stage 1
 
 
 def _to_uint8_images(x: torch.Tensor) -> np.ndarray:
@@ -441,13 +447,17 @@ def train_stn(data_dir: str | Path, recipe: STNRecipe | None = None, *, mode: st
               on_stage2_start=None, verbose: bool = True) -> STNResult:
     """Train one mode on ``data_dir`` for ``recipe.epochs`` epochs in total; returns an ``STNResult``.
 
-    - "resnet": the classifier alone on the input resized to image_size, ``epochs`` epochs.
+    - "staged": stage 1 = the classifier alone (input resized to image_size) for ``epochs - stage2_epochs``
+      epochs with its own warm-up + cosine (skipped when ``stage1`` gives a trained classifier: model, state
+      dict or weights file), then stage 2 for ``stage2_epochs``: a fresh identity transformer in front of
+      that classifier, classifier at lr x stage2_classifier_lr_mult (frozen for the first
+      ``freeze_epochs``), localisation net at lr x loc_lr_mult, with a new warm-up + cosine.
+    - "resnet": the control of "staged", everything but the transformer: the same stage 1, then stage 2
+      trains the classifier alone at lr x stage2_classifier_lr_mult (never frozen: without a transformer a
+      frozen epoch would train nothing). With ``stage2_epochs=0``, one plain run of ``epochs`` epochs.
+      On CPU a seed gives both modes the same stage 1, so ``compare`` trains it once.
     - "joint": transformer + classifier from the start (section VII as the paper did it); classifier at
       the recipe's lr, localisation net at lr x loc_lr_mult.
-    - "staged": stage 1 = "resnet" for ``epochs - stage2_epochs`` epochs (skipped when ``stage1`` gives a
-      trained classifier: model, state dict or weights file), then stage 2 for ``stage2_epochs``: a fresh
-      identity transformer in front of that classifier, classifier at lr x stage2_classifier_lr_mult (frozen
-      for the first ``freeze_epochs``), localisation net at lr x loc_lr_mult, with a new warm-up + cosine.
 
     Reuses receiptlib.train's pieces: cached uint8 images, batched augmentation, ``train_one_epoch`` (which
     adds ``regularisation()``, the guard) and ``evaluate``. ``snapshot_images`` (normalised, input_size)
@@ -527,16 +537,22 @@ def train_stn(data_dir: str | Path, recipe: STNRecipe | None = None, *, mode: st
             model.freeze_classifier = False
             model.classifier.requires_grad_(True)
 
-    if mode == "resnet" or (mode == "staged" and stage1 is None):
-        n1 = recipe.epochs if mode == "resnet" else recipe.epochs - recipe.stage2_epochs
+    n1 = recipe.epochs - recipe.stage2_epochs
+    if mode in ("resnet", "staged") and stage1 is None:
         model = build_model(recipe, len(known), "resnet").to(dev, memory_format=memory_format)
-        run_stage(model, make_optimizer(model.parameters(), base), n1, "stage1" if mode == "staged" else "resnet", 0)
-        if mode == "resnet":
-            return STNResult(model, history, {})
+        run_stage(model, make_optimizer(model.parameters(), base), n1, "stage1" if recipe.stage2_epochs else "resnet", 0)
+        stage1_state = {k: v.detach().clone() for k, v in model.classifier.state_dict().items()}
         stage1 = model
+    if mode == "resnet":
+        if recipe.stage2_epochs:
+            model = stage2_model(stage1, recipe, len(known), mode="resnet").to(dev, memory_format=memory_format)
+            groups = [{"params": list(model.classifier.parameters()), "name": "classifier",
+                       "lr": base.lr * recipe.stage2_classifier_lr_mult}]
+            run_stage(model, make_optimizer(groups, base), recipe.stage2_epochs, "stage2", n1)
+        return STNResult(model, history, {}, stage1_state)
     if mode == "staged":
         model = stage2_model(stage1, recipe, len(known)).to(dev, memory_format=memory_format)
-        stage1_state = {k: v.detach().clone() for k, v in model.classifier.state_dict().items()}
+        stage1_state = stage1_state or {k: v.detach().clone() for k, v in model.classifier.state_dict().items()}
         if on_stage2_start is not None:
             on_stage2_start(model)
         snapshot(model, recipe.epochs - recipe.stage2_epochs)
@@ -713,11 +729,18 @@ def compare(data_dir: str | Path, *, seeds: Sequence[int] = (0, 1, 2), recipe: S
         caches = {"val": val}
         if recipe.max_train_images is None and "any" in train_caches:
             caches["train"] = train_caches["any"]  # same images for every seed unless subsets differ per seed
+        shared = None  # this seed's stage 1, trained once for "resnet" and "staged" (identical on CPU)
         for method in methods:
+            given = shared if method in ("resnet", "staged") and shared is not None else None
             res = train_stn(data_dir, recipe, mode=method, seed=seed, device=device, workers=workers,
-                            snapshot_images=snap_x, caches=caches, verbose=verbose)
+                            snapshot_images=snap_x, caches=caches, verbose=verbose,
+                            stage1=None if given is None else given[0])
             if recipe.max_train_images is None:
                 train_caches["any"] = caches["train"]
+            if given is not None:  # the shared stage-1 epochs belong to this method's curve too
+                history += [{**row, "mode": method} for row in given[1]]
+            elif method in ("resnet", "staged") and recipe.stage2_epochs and res.stage1_state is not None:
+                shared = (res.stage1_state, [r for r in res.history if r["stage"] == "stage1"])
             history += res.history
             dev = next(res.model.parameters()).device
             outs = {}
@@ -945,7 +968,8 @@ def _mark_stage2(ax, history) -> None:
 
     stage2 = history[history["stage"] == "stage2"]["epoch"]
     if len(stage2):
-        ax.axvline(stage2.min() - 0.5, color=_COLOURS["staged"], ls=":", lw=1.2, label="staged: transformer added")
+        ax.axvline(stage2.min() - 0.5, color=_COLOURS["staged"], ls=":", lw=1.2,
+                   label="stage 2: transformer added (staged), classifier trained on (ResNet)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 

@@ -86,6 +86,28 @@ def test_int8_quantization_runs(model, tmp_path):
     assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.9
 
 
+def _weight_is_quantized(graph, node) -> bool:
+    """Whether a Conv/Gemm's weight input comes out of a DequantizeLinear (QDQ int8) or is a float initializer."""
+    producers = {o: n for n in graph.node for o in n.output}
+    src = producers.get(node.input[1])
+    return src is not None and src.op_type == "DequantizeLinear"
+
+
+@pytest.mark.parametrize("float_ends", [True, False])
+def test_int8_keeps_the_first_convolution_and_the_classifier_in_fp32(model, tmp_path, float_ends):
+    import onnx
+
+    fp32 = fast.export_onnx(model, tmp_path / "model.onnx", image_size=SIZE)
+    int8 = fast.quantize_int8(fp32, tmp_path / "model.int8.onnx", [_images(4, seed=s) for s in range(2)],
+                              float_ends=float_ends)
+    graph = onnx.load(str(int8)).graph
+    weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    quantized = [_weight_is_quantized(graph, n) for n in weighted]
+    assert weighted[0].op_type == "Conv" and weighted[-1].op_type in ("Gemm", "MatMul")
+    assert quantized[0] is not float_ends and quantized[-1] is not float_ends
+    assert all(quantized[1:-1])  # everything between is int8
+
+
 def test_int8_without_calibration_images_says_so(model, tmp_path):
     fp32 = fast.export_onnx(model, tmp_path / "model.onnx", image_size=SIZE)
     with pytest.raises(ValueError, match="calibration"):

@@ -231,6 +231,25 @@ def test_staged_training_starts_from_the_stage1_classifier(tmp_path):
 
 
 @pytest.mark.slow
+def test_resnet_control_shares_stage1_with_staged_then_trains_on_without_a_transformer(tmp_path):
+    data = make_folder(tmp_path / "data")
+    recipe = rstn.STNRecipe(**TINY)
+    control = rstn.train_stn(data, recipe, mode="resnet", seed=0, device="cpu", workers=0, verbose=False)
+    staged = rstn.train_stn(data, recipe, mode="staged", seed=0, device="cpu", workers=0, verbose=False)
+    assert isinstance(control.model, rstn.ResizeClassifier)
+    assert [r["stage"] for r in control.history] == ["stage1", "stage2"]
+    assert control.history[1]["classifier_frozen"] is False  # nothing would train in a frozen epoch
+    # the same seed gives both the same stage 1 on CPU, which is why compare trains it once
+    assert control.stage1_state.keys() == staged.stage1_state.keys()
+    for k, v in staged.stage1_state.items():
+        assert torch.equal(control.stage1_state[k], v), k
+    assert control.history[0]["val_loss"] == staged.history[0]["val_loss"]
+    moved = [k for k, v in control.stage1_state.items()
+             if v.is_floating_point() and not torch.equal(control.model.classifier.state_dict()[k], v)]
+    assert moved  # stage 2 trained the classifier on
+
+
+@pytest.mark.slow
 def test_compare_writes_table_curves_and_snapshots(tmp_path):
     data = make_folder(tmp_path / "data")
     runs_root = tmp_path / "runs"  # a notebook passes its data root's runs/, beside the training runs
@@ -245,6 +264,9 @@ def test_compare_writes_table_curves_and_snapshots(tmp_path):
     loaded = rstn.load_comparison(out)
     assert set(loaded["history"]["mode"]) == {"resnet", "joint", "staged"}
     assert len(loaded["history"]) == 3 * 2 * TINY["epochs"]
+    h = loaded["history"]  # staged reused the resnet arm's stage 1: the same rows under its own name
+    first = h[h["stage"] == "stage1"].set_index(["seed", "mode"])["val_loss"].unstack()
+    assert (first["resnet"] == first["staged"]).all()
     assert set(loaded["snapshots"]) == {"joint-seed0", "joint-seed1", "staged-seed0", "staged-seed1"}
     assert loaded["snapshots"]["joint-seed0"]["epochs"].tolist() == [0, 1, 2]
     assert loaded["inputs"]["images"].shape == (3, 64, 64, 3)
