@@ -300,11 +300,13 @@ class STNRecipe:
     loc_lr_mult: float = 0.1        # localisation net rate = lr x this in joint and staged alike, so staging is
                                     # the only difference; Jaderberg et al. also give it a lower rate: a large
                                     # one makes the transform jump faster than the classifier can follow
-    stage2_epochs: int = 3          # staged: the last epochs, with the transformer (stage 1 = epochs - this);
-                                    # resnet: the same epochs without it (0: one plain run of ``epochs``)
-    stage2_classifier_lr_mult: float = 0.1  # stage 2: the stage-1 classifier is fine-tuned gently, not re-learned
-    freeze_epochs: int = 1          # staged: first stage-2 epochs with the classifier frozen, so the transformer
-                                    # learns to serve a fixed, good classifier before both move together
+    stage2_epochs: int = 3          # staged: the last epochs, with the transformer (stage 1 = epochs - this)
+    stage2_classifier_lr_mult: float = 1.0  # staged, stage 2: the classifier's rate against the ResNet run's
+                                    # schedule it branched off (1: staged differs from ResNet alone only by the
+                                    # transformer); for a classifier trained elsewhere, of a new warm-up + cosine
+    freeze_epochs: int = 0          # staged: first stage-2 epochs with the classifier frozen, so the transformer
+                                    # learns to serve a fixed classifier before both move (costs the classifier
+                                    # those epochs of training against ResNet alone)
     scale_range: tuple[float, float] = (0.4, 1.25)  # guard: zoom in at most 2.5x, out at most 1.25x
     max_translation: float = 0.5    # guard: crop centre within the middle half of each axis ([-1, 1] units)
     guard_weight: float = 1.0       # weight of the soft guard in the loss ("affine" only)
@@ -433,6 +435,36 @@ class STNResult:
     history: list[dict]
     snapshots: dict  # "epochs" [E], "theta" [E, n, 2, 3], "outputs" uint8 [E, n, S, S, 3] (transformer modes)
     stage1_state: dict | None = None  # staged, resnet: the classifier's state dict at the end of stage 1
+    stage1: dict | None = None  # the ResNet run after stage 1 (weights + optimiser moments): train_stn's stage1=
+
+
+_STAGE1_FORMAT = "receiptlib.stn.stage1/1"
+
+
+def _stage1_checkpoint(classifier: nn.Module, optimizer: torch.optim.Optimizer, epochs: int) -> dict:
+    """The ResNet run after stage 1, for staged training to branch off: the classifier's weights and its
+    optimiser moments by parameter name (tensors only: no pickles)."""
+    moments = {name: {k: v.detach().clone() for k, v in optimizer.state[p].items() if torch.is_tensor(v)}
+               for name, p in classifier.named_parameters() if p in optimizer.state}
+    return {"format": _STAGE1_FORMAT, "epochs": int(epochs), "moments": moments,
+            "model": {k: v.detach().clone() for k, v in classifier.state_dict().items()}}
+
+
+def _load_classifier_moments(optimizer: torch.optim.Optimizer, classifier: nn.Module, moments: dict) -> None:
+    for name, p in classifier.named_parameters():
+        if name in moments:
+            optimizer.state[p] = {k: v.clone().to(p.device) for k, v in moments[name].items()}
+
+
+def _advance(schedule, n: int) -> None:
+    """Move a fresh (scheduler, per_step) ``n`` steps on, to where the branched-off run's schedule stood."""
+    import warnings
+
+    scheduler, _ = schedule
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": deliberate here
+        warnings.simplefilter("ignore")
+        for _ in range(n):
+            scheduler.step()
 
 
 def _to_uint8_images(x: torch.Tensor) -> np.ndarray:
@@ -447,15 +479,15 @@ def train_stn(data_dir: str | Path, recipe: STNRecipe | None = None, *, mode: st
               on_stage2_start=None, verbose: bool = True) -> STNResult:
     """Train one mode on ``data_dir`` for ``recipe.epochs`` epochs in total; returns an ``STNResult``.
 
-    - "staged": stage 1 = the classifier alone (input resized to image_size) for ``epochs - stage2_epochs``
-      epochs with its own warm-up + cosine (skipped when ``stage1`` gives a trained classifier: model, state
-      dict or weights file), then stage 2 for ``stage2_epochs``: a fresh identity transformer in front of
-      that classifier, classifier at lr x stage2_classifier_lr_mult (frozen for the first
-      ``freeze_epochs``), localisation net at lr x loc_lr_mult, with a new warm-up + cosine.
-    - "resnet": the control of "staged", everything but the transformer: the same stage 1, then stage 2
-      trains the classifier alone at lr x stage2_classifier_lr_mult (never frozen: without a transformer a
-      frozen epoch would train nothing). With ``stage2_epochs=0``, one plain run of ``epochs`` epochs.
-      On CPU a seed gives both modes the same stage 1, so ``compare`` trains it once.
+    - "resnet": the classifier alone on the input resized to image_size, ``epochs`` epochs under one
+      warm-up + cosine schedule.
+    - "staged": branches off that ResNet run after stage 1 (``epochs - stage2_epochs`` epochs): a fresh
+      identity transformer goes in front of the classifier and stage 2 continues the run's schedule and
+      optimiser moments for ``stage2_epochs``, the classifier at its rate x stage2_classifier_lr_mult (frozen
+      for the first ``freeze_epochs``), the localisation net at lr x loc_lr_mult. With the defaults, staged
+      and ResNet alone differ only by the transformer. ``stage1``: the ResNet run's ``STNResult.stage1``
+      (same seed: the same stage 2 as training stage 1 here, so ``compare`` trains it once), or a classifier
+      trained elsewhere (model, state dict or weights file), then stage 2 gets a new warm-up + cosine.
     - "joint": transformer + classifier from the start (section VII as the paper did it); classifier at
       the recipe's lr, localisation net at lr x loc_lr_mult.
 
@@ -504,9 +536,12 @@ def train_stn(data_dir: str | Path, recipe: STNRecipe | None = None, *, mode: st
         snaps["theta"].append(model.theta.cpu().numpy())
         snaps["outputs"].append(_to_uint8_images(out))
 
-    def run_stage(model: nn.Module, optimizer, n_epochs: int, stage: str, first_epoch: int, freeze: int = 0) -> None:
-        steps = len(rtrain.batch_plan(len(source), base.batch_size, seed, 0))
-        scheduler, per_step = rtrain.make_scheduler(optimizer, base, steps, n_epochs)
+    steps = len(rtrain.batch_plan(len(source), base.batch_size, seed, 0))
+
+    def run_stage(model: nn.Module, optimizer, n_epochs: int, stage: str, first_epoch: int, freeze: int = 0,
+                  schedule=None) -> None:
+        """``schedule``: (scheduler, per_step) to continue; None: a new one over these ``n_epochs``."""
+        scheduler, per_step = schedule or rtrain.make_scheduler(optimizer, base, steps, n_epochs)
         for k in range(n_epochs):
             epoch = first_epoch + k
             if isinstance(model, STNClassifier):
@@ -538,36 +573,50 @@ def train_stn(data_dir: str | Path, recipe: STNRecipe | None = None, *, mode: st
             model.classifier.requires_grad_(True)
 
     n1 = recipe.epochs - recipe.stage2_epochs
+    k2 = recipe.stage2_epochs
+    if mode == "resnet" and stage1 is not None:
+        raise ValueError("mode='resnet' trains its own stage 1; stage1= is for mode='staged'")
     if mode in ("resnet", "staged") and stage1 is None:
+        # The ResNet run: one warm-up + cosine over all `epochs`. Staged training branches off it after n1
+        # epochs (its stage 1 is this run's first n1 epochs), so the two differ only by the transformer.
         model = build_model(recipe, len(known), "resnet").to(dev, memory_format=memory_format)
-        run_stage(model, make_optimizer(model.parameters(), base), n1, "stage1" if recipe.stage2_epochs else "resnet", 0)
-        stage1_state = {k: v.detach().clone() for k, v in model.classifier.state_dict().items()}
-        stage1 = model
-    if mode == "resnet":
-        if recipe.stage2_epochs:
-            model = stage2_model(stage1, recipe, len(known), mode="resnet").to(dev, memory_format=memory_format)
-            groups = [{"params": list(model.classifier.parameters()), "name": "classifier",
-                       "lr": base.lr * recipe.stage2_classifier_lr_mult}]
-            run_stage(model, make_optimizer(groups, base), recipe.stage2_epochs, "stage2", n1)
-        return STNResult(model, history, {}, stage1_state)
+        optimizer = make_optimizer(model.parameters(), base)
+        schedule = rtrain.make_scheduler(optimizer, base, steps, recipe.epochs)
+        run_stage(model, optimizer, n1, "stage1" if k2 else "resnet", 0, schedule=schedule)
+        stage1 = _stage1_checkpoint(model.classifier, optimizer, n1)
+        stage1_state = stage1["model"]
+        if mode == "resnet":
+            run_stage(model, optimizer, k2, "stage2", n1, schedule=schedule)  # no-op when k2 == 0
+            return STNResult(model, history, {}, stage1_state, stage1)
+    # staged, stage 2. The transformer's random init is seeded apart from stage 1, so stage 2 is the same
+    # whether stage 1 ran in this call or was handed over (compare trains stage 1 once for two modes).
+    torch.manual_seed(rtrain.stream_seed(seed, n1, 7))
     if mode == "staged":
-        model = stage2_model(stage1, recipe, len(known)).to(dev, memory_format=memory_format)
+        branch = isinstance(stage1, dict) and stage1.get("format") == _STAGE1_FORMAT
+        model = stage2_model(stage1["model"] if branch else stage1, recipe, len(known)).to(dev, memory_format=memory_format)
         stage1_state = stage1_state or {k: v.detach().clone() for k, v in model.classifier.state_dict().items()}
         if on_stage2_start is not None:
             on_stage2_start(model)
-        snapshot(model, recipe.epochs - recipe.stage2_epochs)
+        snapshot(model, n1)
         groups = param_groups(model, base.lr, classifier_mult=recipe.stage2_classifier_lr_mult,
                               loc_mult=recipe.loc_lr_mult, loc_max_grad_norm=recipe.loc_max_grad_norm)
-        run_stage(model, make_optimizer(groups, base), recipe.stage2_epochs, "stage2", recipe.epochs - recipe.stage2_epochs,
-                  freeze=recipe.freeze_epochs)
+        optimizer = make_optimizer(groups, base)
+        if branch:  # continue the ResNet run: its optimiser moments for the classifier, its schedule's position
+            _load_classifier_moments(optimizer, model.classifier, stage1["moments"])
+            schedule = rtrain.make_scheduler(optimizer, base, steps, recipe.epochs)
+            _advance(schedule, n1 * steps if schedule[1] else n1)
+        else:  # a classifier trained elsewhere: a new warm-up + cosine over stage 2
+            schedule = None
+        run_stage(model, optimizer, k2, "stage2", n1, freeze=recipe.freeze_epochs, schedule=schedule)
     else:  # joint
+        seed_everything(seed)
         model = build_model(recipe, len(known), "joint").to(dev, memory_format=memory_format)
         snapshot(model, 0)
         groups = param_groups(model, base.lr, classifier_mult=1.0, loc_mult=recipe.loc_lr_mult,
                               loc_max_grad_norm=recipe.loc_max_grad_norm)
         run_stage(model, make_optimizer(groups, base), recipe.epochs, "joint", 0)
     snapshots = {k: np.stack(v) for k, v in snaps.items()} if snaps["epochs"] else {}
-    return STNResult(model, history, snapshots, stage1_state)
+    return STNResult(model, history, snapshots, stage1_state, stage1 if isinstance(stage1, dict) else None)
 
 
 def theta_scale_angle(theta: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -729,9 +778,9 @@ def compare(data_dir: str | Path, *, seeds: Sequence[int] = (0, 1, 2), recipe: S
         caches = {"val": val}
         if recipe.max_train_images is None and "any" in train_caches:
             caches["train"] = train_caches["any"]  # same images for every seed unless subsets differ per seed
-        shared = None  # this seed's stage 1, trained once for "resnet" and "staged" (identical on CPU)
+        shared = None  # this seed's ResNet run after stage 1: staged branches off it (same result on CPU)
         for method in methods:
-            given = shared if method in ("resnet", "staged") and shared is not None else None
+            given = shared if method == "staged" else None
             res = train_stn(data_dir, recipe, mode=method, seed=seed, device=device, workers=workers,
                             snapshot_images=snap_x, caches=caches, verbose=verbose,
                             stage1=None if given is None else given[0])
@@ -739,8 +788,8 @@ def compare(data_dir: str | Path, *, seeds: Sequence[int] = (0, 1, 2), recipe: S
                 train_caches["any"] = caches["train"]
             if given is not None:  # the shared stage-1 epochs belong to this method's curve too
                 history += [{**row, "mode": method} for row in given[1]]
-            elif method in ("resnet", "staged") and recipe.stage2_epochs and res.stage1_state is not None:
-                shared = (res.stage1_state, [r for r in res.history if r["stage"] == "stage1"])
+            elif method == "resnet" and recipe.stage2_epochs and res.stage1 is not None:
+                shared = (res.stage1, [r for r in res.history if r["stage"] == "stage1"])
             history += res.history
             dev = next(res.model.parameters()).device
             outs = {}

@@ -196,18 +196,19 @@ TINY = dict(image_size=32, input_size=64, loc_size=16, epochs=2, stage2_epochs=1
 def test_staged_training_starts_from_the_stage1_classifier(tmp_path):
     data = make_folder(tmp_path / "data")
     recipe = rstn.STNRecipe(**TINY)
-    # stage 1 alone: the plain ResNet for epochs - stage2_epochs = 1 epoch, same seed
-    plain = rstn.train_stn(data, dataclasses.replace(recipe, epochs=1, stage2_epochs=0, freeze_epochs=0),
-                           mode="resnet", seed=0, device="cpu", workers=0, verbose=False)
-    expected = {k: v.clone() for k, v in plain.model.classifier.state_dict().items()}
+    # the ResNet run staged training branches off: its classifier after epochs - stage2_epochs = 1 epoch
+    plain = rstn.train_stn(data, recipe, mode="resnet", seed=0, device="cpu", workers=0, verbose=False)
+    expected = plain.stage1_state
+    reference = rstn.build_model(recipe, 3, "resnet")
+    reference.classifier.load_state_dict(expected)
     seen = {}
 
     def at_stage2_start(model):
         seen["state"] = {k: v.clone() for k, v in model.classifier.state_dict().items()}
         x = torch.randn(2, 3, 64, 64)
         model.eval()
-        plain.model.eval()
-        seen["same_function"] = torch.allclose(model(x), plain.model(x), atol=1e-4)
+        reference.eval()
+        seen["same_function"] = torch.allclose(model(x), reference(x), atol=1e-4)
 
     res = rstn.train_stn(data, recipe, mode="staged", seed=0, device="cpu", workers=0, verbose=False,
                          on_stage2_start=at_stage2_start, snapshot_images=torch.randn(2, 3, 64, 64))
@@ -223,23 +224,33 @@ def test_staged_training_starts_from_the_stage1_classifier(tmp_path):
     assert res.snapshots["epochs"].tolist() == [1, 2]
     assert res.snapshots["outputs"].shape == (2, 2, 32, 32, 3) and res.snapshots["outputs"].dtype == np.uint8
 
+    # handed the ResNet run's stage 1 (what compare does), stage 2 is the very same as above
+    branched = rstn.train_stn(data, recipe, mode="staged", seed=0, device="cpu", workers=0, verbose=False,
+                              stage1=plain.stage1)
+    assert [r["stage"] for r in branched.history] == ["stage2"]
+    assert branched.history[0]["val_loss"] == res.history[1]["val_loss"]
+    for k, v in res.model.state_dict().items():
+        assert torch.equal(branched.model.state_dict()[k], v), k
+
     # a given stage-1 state dict (e.g. a plain run's checkpoint) replaces stage 1
     res2 = rstn.train_stn(data, recipe, mode="staged", seed=0, device="cpu", workers=0, verbose=False,
                           stage1=expected, on_stage2_start=lambda m: seen.update(given=m.classifier.state_dict()))
     assert all(torch.equal(seen["given"][k], v) for k, v in expected.items())
     assert [r["stage"] for r in res2.history] == ["stage2"]
+    with pytest.raises(ValueError, match="stage1"):
+        rstn.train_stn(data, recipe, mode="resnet", seed=0, device="cpu", workers=0, verbose=False, stage1=expected)
 
 
 @pytest.mark.slow
-def test_resnet_control_shares_stage1_with_staged_then_trains_on_without_a_transformer(tmp_path):
+def test_resnet_and_staged_share_stage1_then_resnet_trains_on_without_a_transformer(tmp_path):
     data = make_folder(tmp_path / "data")
-    recipe = rstn.STNRecipe(**TINY)
+    recipe = rstn.STNRecipe(**{**TINY, "freeze_epochs": 0})
     control = rstn.train_stn(data, recipe, mode="resnet", seed=0, device="cpu", workers=0, verbose=False)
     staged = rstn.train_stn(data, recipe, mode="staged", seed=0, device="cpu", workers=0, verbose=False)
     assert isinstance(control.model, rstn.ResizeClassifier)
     assert [r["stage"] for r in control.history] == ["stage1", "stage2"]
     assert control.history[1]["classifier_frozen"] is False  # nothing would train in a frozen epoch
-    # the same seed gives both the same stage 1 on CPU, which is why compare trains it once
+    # one ResNet run, staged branching off it: the same stage 1 on CPU, which is why compare trains it once
     assert control.stage1_state.keys() == staged.stage1_state.keys()
     for k, v in staged.stage1_state.items():
         assert torch.equal(control.stage1_state[k], v), k
