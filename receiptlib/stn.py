@@ -353,18 +353,14 @@ def build_model(recipe: STNRecipe, num_classes: int, mode: str, *, classifier: n
                          guard_weight=recipe.guard_weight)
 
 
-def stage2_model(stage1: nn.Module | dict | str | Path, recipe: STNRecipe, num_classes: int, *,
-                 mode: str = "staged") -> nn.Module:
-    """Start of stage 2: a fresh identity transformer in front of the stage-1 classifier (``mode="staged"``),
-    or that classifier alone, to be trained on without a transformer (``mode="resnet"``, the control).
+def stage2_model(stage1: nn.Module | dict | str | Path, recipe: STNRecipe, num_classes: int) -> STNClassifier:
+    """Staged training, start of stage 2: a fresh identity transformer in front of the stage-1 classifier.
 
     ``stage1``: the stage-1 model (its ``.classifier`` module is reused, not copied), a ResNet18 state dict,
     or a path to weights / a receiptlib checkpoint (e.g. ``run.checkpoint_path("best")`` of a plain run).
     """
     from . import models
 
-    if mode not in ("staged", "resnet"):
-        raise ValueError(f"mode={mode!r}: stage 2 exists for 'staged' and 'resnet'")
     if isinstance(stage1, nn.Module):
         classifier = getattr(stage1, "classifier", stage1)
     else:
@@ -376,7 +372,7 @@ def stage2_model(stage1: nn.Module | dict | str | Path, recipe: STNRecipe, num_c
         if "fc.weight" in state and state["fc.weight"].shape[0] != num_classes:
             raise ValueError(f"{source} has {state['fc.weight'].shape[0]} outputs; the data has {num_classes} known classes")
         models.load_backbone_state(classifier, state, source)
-    return build_model(recipe, num_classes, "joint" if mode == "staged" else "resnet", classifier=classifier)
+    return build_model(recipe, num_classes, "joint", classifier=classifier)
 
 
 def param_groups(model: STNClassifier, lr: float, *, classifier_mult: float, loc_mult: float,
@@ -616,7 +612,8 @@ def train_stn(data_dir: str | Path, recipe: STNRecipe | None = None, *, mode: st
                               loc_max_grad_norm=recipe.loc_max_grad_norm)
         run_stage(model, make_optimizer(groups, base), recipe.epochs, "joint", 0)
     snapshots = {k: np.stack(v) for k, v in snaps.items()} if snaps["epochs"] else {}
-    return STNResult(model, history, snapshots, stage1_state, stage1 if isinstance(stage1, dict) else None)
+    branched = isinstance(stage1, dict) and stage1.get("format") == _STAGE1_FORMAT
+    return STNResult(model, history, snapshots, stage1_state, stage1 if branched else None)
 
 
 def theta_scale_angle(theta: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1017,8 +1014,7 @@ def _mark_stage2(ax, history) -> None:
 
     stage2 = history[history["stage"] == "stage2"]["epoch"]
     if len(stage2):
-        ax.axvline(stage2.min() - 0.5, color=_COLOURS["staged"], ls=":", lw=1.2,
-                   label="stage 2: transformer added (staged), classifier trained on (ResNet)")
+        ax.axvline(stage2.min() - 0.5, color=_COLOURS["staged"], ls=":", lw=1.2, label="staged: transformer added")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
