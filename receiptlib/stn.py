@@ -301,9 +301,10 @@ class STNRecipe:
                                     # the only difference; Jaderberg et al. also give it a lower rate: a large
                                     # one makes the transform jump faster than the classifier can follow
     stage2_epochs: int = 3          # staged: the last epochs, with the transformer (stage 1 = epochs - this)
-    stage2_classifier_lr_mult: float = 1.0  # staged, stage 2: the classifier's rate against the ResNet run's
-                                    # schedule it branched off (1: staged differs from ResNet alone only by the
-                                    # transformer); for a classifier trained elsewhere, of a new warm-up + cosine
+    stage2_classifier_lr_mult: float = 1.0  # staged, stage 2: the classifier's rate as a multiple of the ResNet
+                                    # run's schedule it branched off (1: staged differs from ResNet alone only
+                                    # by the transformer); of the lr when stage1= is a classifier trained
+                                    # elsewhere (then stage 2 has a warm-up + cosine of its own)
     freeze_epochs: int = 0          # staged: first stage-2 epochs with the classifier frozen, so the transformer
                                     # learns to serve a fixed classifier before both move (costs the classifier
                                     # those epochs of training against ResNet alone)
@@ -435,31 +436,56 @@ class STNResult:
 
 
 _STAGE1_FORMAT = "receiptlib.stn.stage1/1"
+_STN_INIT_STREAM = 7  # train.stream_seed stream of the staged transformer's init (train.py's are 0-3)
 
 
-def _stage1_checkpoint(classifier: nn.Module, optimizer: torch.optim.Optimizer, epochs: int) -> dict:
-    """The ResNet run after stage 1, for staged training to branch off: the classifier's weights and its
-    optimiser moments by parameter name (tensors only: no pickles)."""
+def _stage1_checkpoint(classifier: nn.Module, optimizer: torch.optim.Optimizer, *, epochs: int, steps: int,
+                       seed: int, train_recipe) -> dict:
+    """The ResNet run after stage 1, for staged training to branch off: the classifier's weights, its
+    optimiser moments by parameter name (tensors only: no pickles) and where in which run it was taken."""
+    from dataclasses import asdict
+
     moments = {name: {k: v.detach().clone() for k, v in optimizer.state[p].items() if torch.is_tensor(v)}
                for name, p in classifier.named_parameters() if p in optimizer.state}
-    return {"format": _STAGE1_FORMAT, "epochs": int(epochs), "moments": moments,
+    return {"format": _STAGE1_FORMAT, "epochs": int(epochs), "steps": int(steps), "seed": int(seed),
+            "train_recipe": asdict(train_recipe), "moments": moments,
             "model": {k: v.detach().clone() for k, v in classifier.state_dict().items()}}
 
 
+def _check_stage1(stage1: dict, *, epochs: int, steps: int, seed: int, train_recipe) -> None:
+    """A branch continues the ResNet run's schedule: it must come from the same run at the same epoch."""
+    from dataclasses import asdict
+
+    want = {"epochs": epochs, "steps": steps, "seed": seed, "train_recipe": asdict(train_recipe)}
+    wrong = [k for k, v in want.items() if stage1.get(k) != v]
+    if wrong:
+        raise ValueError("stage1= is a stage-1 checkpoint of another run ("
+                         + ", ".join(f"{k}: {stage1.get(k)!r} here {want[k]!r}" for k in wrong if k != "train_recipe")
+                         + ("; another train recipe" if "train_recipe" in wrong else "")
+                         + "); train staged without stage1= or pass the ResNet run of this recipe and seed")
+
+
 def _load_classifier_moments(optimizer: torch.optim.Optimizer, classifier: nn.Module, moments: dict) -> None:
+    missing = [name for name, _ in classifier.named_parameters() if name not in moments]
+    if moments and missing:
+        raise ValueError(f"stage-1 optimiser moments lack {len(missing)} classifier parameters, e.g. {missing[:3]}")
     for name, p in classifier.named_parameters():
         if name in moments:
-            optimizer.state[p] = {k: v.clone().to(p.device) for k, v in moments[name].items()}
+            # "step" stays where torch keeps it (CPU unless the optimiser is capturable/fused): on the GPU
+            # every step would sync to read it
+            optimizer.state[p] = {k: v.clone() if k == "step" else v.to(p.device, copy=True)
+                                  for k, v in moments[name].items()}
 
 
-def _advance(schedule, n: int) -> None:
-    """Move a fresh (scheduler, per_step) ``n`` steps on, to where the branched-off run's schedule stood."""
+def _advance(schedule, *, epochs: int, steps: int) -> None:
+    """Move a fresh (scheduler, per_step) on by ``epochs`` epochs of ``steps`` batches (per-step schedules)
+    or ``epochs`` epoch steps (per-epoch ones), to where the branched-off run's schedule stood."""
     import warnings
 
-    scheduler, _ = schedule
+    scheduler, per_step = schedule
     with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": deliberate here
         warnings.simplefilter("ignore")
-        for _ in range(n):
+        for _ in range(epochs * steps if per_step else epochs):
             scheduler.step()
 
 
@@ -480,7 +506,8 @@ def train_stn(data_dir: str | Path, recipe: STNRecipe | None = None, *, mode: st
     - "staged": branches off that ResNet run after stage 1 (``epochs - stage2_epochs`` epochs): a fresh
       identity transformer goes in front of the classifier and stage 2 continues the run's schedule and
       optimiser moments for ``stage2_epochs``, the classifier at its rate x stage2_classifier_lr_mult (frozen
-      for the first ``freeze_epochs``), the localisation net at lr x loc_lr_mult. With the defaults, staged
+      for the first ``freeze_epochs``), the localisation net at lr x loc_lr_mult (joining the schedule where
+      it stands: no warm-up of its own, its gradient norm clipped). With the defaults, staged
       and ResNet alone differ only by the transformer. ``stage1``: the ResNet run's ``STNResult.stage1``
       (same seed: the same stage 2 as training stage 1 here, so ``compare`` trains it once), or a classifier
       trained elsewhere (model, state dict or weights file), then stage 2 gets a new warm-up + cosine.
@@ -579,16 +606,18 @@ def train_stn(data_dir: str | Path, recipe: STNRecipe | None = None, *, mode: st
         optimizer = make_optimizer(model.parameters(), base)
         schedule = rtrain.make_scheduler(optimizer, base, steps, recipe.epochs)
         run_stage(model, optimizer, n1, "stage1" if k2 else "resnet", 0, schedule=schedule)
-        stage1 = _stage1_checkpoint(model.classifier, optimizer, n1)
+        stage1 = _stage1_checkpoint(model.classifier, optimizer, epochs=n1, steps=steps, seed=seed, train_recipe=base)
         stage1_state = stage1["model"]
         if mode == "resnet":
             run_stage(model, optimizer, k2, "stage2", n1, schedule=schedule)  # no-op when k2 == 0
             return STNResult(model, history, {}, stage1_state, stage1)
-    # staged, stage 2. The transformer's random init is seeded apart from stage 1, so stage 2 is the same
-    # whether stage 1 ran in this call or was handed over (compare trains stage 1 once for two modes).
-    torch.manual_seed(rtrain.stream_seed(seed, n1, 7))
     if mode == "staged":
         branch = isinstance(stage1, dict) and stage1.get("format") == _STAGE1_FORMAT
+        if branch:
+            _check_stage1(stage1, epochs=n1, steps=steps, seed=seed, train_recipe=base)
+        # the transformer's random init is seeded apart from stage 1, so stage 2 is the same whether stage 1
+        # ran in this call or was handed over (compare trains stage 1 once for two modes)
+        torch.manual_seed(rtrain.stream_seed(seed, n1, _STN_INIT_STREAM))
         model = stage2_model(stage1["model"] if branch else stage1, recipe, len(known)).to(dev, memory_format=memory_format)
         stage1_state = stage1_state or {k: v.detach().clone() for k, v in model.classifier.state_dict().items()}
         if on_stage2_start is not None:
@@ -598,14 +627,14 @@ def train_stn(data_dir: str | Path, recipe: STNRecipe | None = None, *, mode: st
                               loc_mult=recipe.loc_lr_mult, loc_max_grad_norm=recipe.loc_max_grad_norm)
         optimizer = make_optimizer(groups, base)
         if branch:  # continue the ResNet run: its optimiser moments for the classifier, its schedule's position
+            # (the localisation net joins there, without a warm-up of its own; its gradient norm is clipped)
             _load_classifier_moments(optimizer, model.classifier, stage1["moments"])
             schedule = rtrain.make_scheduler(optimizer, base, steps, recipe.epochs)
-            _advance(schedule, n1 * steps if schedule[1] else n1)
+            _advance(schedule, epochs=n1, steps=steps)
         else:  # a classifier trained elsewhere: a new warm-up + cosine over stage 2
             schedule = None
         run_stage(model, optimizer, k2, "stage2", n1, freeze=recipe.freeze_epochs, schedule=schedule)
     else:  # joint
-        seed_everything(seed)
         model = build_model(recipe, len(known), "joint").to(dev, memory_format=memory_format)
         snapshot(model, 0)
         groups = param_groups(model, base.lr, classifier_mult=1.0, loc_mult=recipe.loc_lr_mult,
@@ -776,7 +805,7 @@ def compare(data_dir: str | Path, *, seeds: Sequence[int] = (0, 1, 2), recipe: S
         if recipe.max_train_images is None and "any" in train_caches:
             caches["train"] = train_caches["any"]  # same images for every seed unless subsets differ per seed
         shared = None  # this seed's ResNet run after stage 1: staged branches off it (same result on CPU)
-        for method in methods:
+        for method in sorted(methods, key=MODES.index):  # resnet before staged, whatever order was given
             given = shared if method == "staged" else None
             res = train_stn(data_dir, recipe, mode=method, seed=seed, device=device, workers=workers,
                             snapshot_images=snap_x, caches=caches, verbose=verbose,

@@ -56,10 +56,11 @@ class Recipe:
 
     name: str = "fast"
     epochs: int = 10             # overridden per run (TrainConfig.epochs); quick preset: see runs.report_config
-    image_size: int = 64         # fast: the quick data's chains are told apart at 64 px as well as at 96 px, in
-                                 # half the time (val accuracy 0.957 against 0.953 at best, EPYC AVX2, fp32)
-    batch_size: int = 32         # global batch (split across processes under torchrun); 32, not 64: twice the
-                                 # steps over 2,500 photos (+0.01 val accuracy at 64 px) for ~1.5x the time per image
+    image_size: int = 64         # fast, on the quick data (EPYC AVX2, fp32, best val accuracy): 64 px, batch 32,
+                                 # +-30 reached 0.957 in 12 epochs (550 s); 96 px, batch 64, +-15 0.953 in 10 (800 s);
+                                 # 64 px, batch 64, +-30 0.947 in 10 (361 s, its first epochs slowed by other work)
+    batch_size: int = 32         # global batch (split across processes under torchrun); 32 against 64: twice the
+                                 # steps over 2,500 photos for ~1.7x the time per image at 64 px
     optimizer: str = "adamw"     # "sgd" (the paper) or "adamw": from scratch on a few thousand photos AdamW gets
                                  # going in far fewer epochs than SGD here (SGD sat at chance for 3+ epochs)
     lr: float = 0.002            # peak learning rate after warm-up

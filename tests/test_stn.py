@@ -239,6 +239,45 @@ def test_staged_training_starts_from_the_stage1_classifier(tmp_path):
     assert [r["stage"] for r in res2.history] == ["stage2"]
     with pytest.raises(ValueError, match="stage1"):
         rstn.train_stn(data, recipe, mode="resnet", seed=0, device="cpu", workers=0, verbose=False, stage1=expected)
+    # a branch of another run (here: another seed, another length) is refused, not continued at the wrong point
+    for other in ({"seed": 1}, {"recipe": dataclasses.replace(recipe, epochs=3)}):
+        with pytest.raises(ValueError, match="another run"):
+            rstn.train_stn(data, other.get("recipe", recipe), mode="staged", seed=other.get("seed", 0), device="cpu",
+                           workers=0, verbose=False, stage1=plain.stage1)
+
+
+def test_branch_carries_the_classifier_moments_and_the_schedule_position():
+    from receiptlib import train as rtrain
+
+    base = rtrain.get_recipe("fast", lr=0.01, warmup_epochs=1.0)
+    recipe = rstn.STNRecipe(image_size=32, input_size=64, loc_size=16)
+    torch.manual_seed(0)
+    plain = rstn.build_model(recipe, 3, "resnet")
+    opt = rstn.make_optimizer(plain.parameters(), base)
+    steps, epochs, n1 = 3, 4, 2
+    sched, per_step = rtrain.make_scheduler(opt, base, steps, epochs)
+    for _ in range(n1 * steps):
+        plain(torch.randn(2, 3, 64, 64)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+    ckpt = rstn._stage1_checkpoint(plain.classifier, opt, epochs=n1, steps=steps, seed=0, train_recipe=base)
+    model = rstn.stage2_model(ckpt["model"], recipe, 3)
+    opt2 = rstn.make_optimizer(rstn.param_groups(model, base.lr, classifier_mult=1.0, loc_mult=0.1), base)
+    rstn._load_classifier_moments(opt2, model.classifier, ckpt["moments"])
+    schedule2 = rtrain.make_scheduler(opt2, base, steps, epochs)
+    rstn._advance(schedule2, epochs=n1, steps=steps)
+    for (name, p), p2 in zip(plain.classifier.named_parameters(), model.classifier.parameters()):
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(opt.state[p][key], opt2.state[p2][key]), (name, key)
+    assert all(not opt2.state[p] for p in model.stn.parameters())  # the transformer starts fresh
+    lr_now = {g["lr"] for g in opt.param_groups}
+    assert len(lr_now) == 1 and 0 < lr_now.pop() < base.lr  # part-way down the cosine
+    rates = {g.get("name"): g["lr"] for g in opt2.param_groups}
+    assert rates["classifier"] == pytest.approx(opt.param_groups[0]["lr"])
+    assert rates["localisation"] == pytest.approx(0.1 * opt.param_groups[0]["lr"])
+    with pytest.raises(ValueError, match="lack"):
+        rstn._load_classifier_moments(opt2, model.classifier, {"fc.weight": ckpt["moments"]["fc.weight"]})
 
 
 @pytest.mark.slow
@@ -249,7 +288,7 @@ def test_resnet_and_staged_share_stage1_then_resnet_trains_on_without_a_transfor
     staged = rstn.train_stn(data, recipe, mode="staged", seed=0, device="cpu", workers=0, verbose=False)
     assert isinstance(control.model, rstn.ResizeClassifier)
     assert [r["stage"] for r in control.history] == ["stage1", "stage2"]
-    assert control.history[1]["classifier_frozen"] is False  # nothing would train in a frozen epoch
+    assert staged.history[1]["lr"] == control.history[1]["lr"]  # the classifier's rate: the same schedule
     # one ResNet run, staged branching off it: the same stage 1 on CPU, which is why compare trains it once
     assert control.stage1_state.keys() == staged.stage1_state.keys()
     for k, v in staged.stage1_state.items():
@@ -276,8 +315,8 @@ def test_compare_writes_table_curves_and_snapshots(tmp_path):
     assert set(loaded["history"]["mode"]) == {"resnet", "joint", "staged"}
     assert len(loaded["history"]) == 3 * 2 * TINY["epochs"]
     h = loaded["history"]  # staged reused the resnet arm's stage 1: the same rows under its own name
-    first = h[h["stage"] == "stage1"].set_index(["seed", "mode"])["val_loss"].unstack()
-    assert (first["resnet"] == first["staged"]).all()
+    first = h[h["stage"] == "stage1"].set_index(["seed", "mode"])["seconds"].unstack()
+    assert (first["resnet"] == first["staged"]).all()  # the same wall time: copied, not trained again
     assert set(loaded["snapshots"]) == {"joint-seed0", "joint-seed1", "staged-seed0", "staged-seed1"}
     assert loaded["snapshots"]["joint-seed0"]["epochs"].tolist() == [0, 1, 2]
     assert loaded["inputs"]["images"].shape == (3, 64, 64, 3)
