@@ -75,8 +75,6 @@ def machine() -> str:
 
 def training_precision() -> str:
     """What the fast recipe trains in here (train.amp_dtype of "auto"): the report's speed depends on it."""
-    import torch
-
     from .common import pick_device
     from .train import amp_dtype
 

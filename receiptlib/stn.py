@@ -611,8 +611,8 @@ def train_stn(data_dir: str | Path, recipe: STNRecipe | None = None, *, mode: st
         if mode == "resnet":
             run_stage(model, optimizer, k2, "stage2", n1, schedule=schedule)  # no-op when k2 == 0
             return STNResult(model, history, {}, stage1_state, stage1)
+    branch = isinstance(stage1, dict) and stage1.get("format") == _STAGE1_FORMAT  # a ResNet run's stage 1
     if mode == "staged":
-        branch = isinstance(stage1, dict) and stage1.get("format") == _STAGE1_FORMAT
         if branch:
             _check_stage1(stage1, epochs=n1, steps=steps, seed=seed, train_recipe=base)
         # the transformer's random init is seeded apart from stage 1, so stage 2 is the same whether stage 1
@@ -641,8 +641,7 @@ def train_stn(data_dir: str | Path, recipe: STNRecipe | None = None, *, mode: st
                               loc_max_grad_norm=recipe.loc_max_grad_norm)
         run_stage(model, make_optimizer(groups, base), recipe.epochs, "joint", 0)
     snapshots = {k: np.stack(v) for k, v in snaps.items()} if snaps["epochs"] else {}
-    branched = isinstance(stage1, dict) and stage1.get("format") == _STAGE1_FORMAT
-    return STNResult(model, history, snapshots, stage1_state, stage1 if branched else None)
+    return STNResult(model, history, snapshots, stage1_state, stage1 if branch else None)
 
 
 def theta_scale_angle(theta: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
