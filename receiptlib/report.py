@@ -203,6 +203,26 @@ def execute(notebook: str | Path, output: str | Path, parameters: dict, *, kerne
     return time.time() - start
 
 
+def drop_checkout_folder(notebook: str | Path, root: str | Path) -> None:
+    """Make the project's absolute paths in an executed notebook's outputs and metadata relative to the
+    project root (papermill's input and output paths, printed file names, warnings; the cells' code is left
+    as written): the committed notebooks, like the results, do not name the checkout that produced them."""
+    notebook = Path(notebook)
+    prefix = str(Path(root).resolve()) + os.sep
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: v if k == "source" else strip(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value.replace(prefix, "") if isinstance(value, str) else value
+
+    doc = json.loads(notebook.read_text())
+    stripped = strip(doc)
+    if stripped != doc:
+        notebook.write_text(json.dumps(stripped, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+
+
 def run_report(*, preset: str = "quick", seed: int = 0, only: list[str] | None = None,
                notebooks_dir: str | Path | None = None, output_dir: str | Path | None = None,
                parameters: dict | None = None, workers: int | None = None, log=print) -> list[dict]:
@@ -235,6 +255,7 @@ def run_report(*, preset: str = "quick", seed: int = 0, only: list[str] | None =
                 scratch.replace(target.with_name(target.stem + ".failed.ipynb"))
             raise
         scratch.replace(target)
+        drop_checkout_folder(target, root)
         timings.append({"notebook": nb.name, "seconds": round(seconds, 1)})
         log(f"{nb.name}: {seconds:.0f} s")
     total = sum(t["seconds"] for t in timings) + (data_seconds or 0)

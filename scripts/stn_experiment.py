@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loc-size", type=int, default=defaults.loc_size, help="px the localisation net sees")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the train recipe's)")
     p.add_argument("--lr", type=float, default=None, help="classifier peak learning rate (default: the train recipe's)")
+    p.add_argument("--loc-lr-mult", type=float, default=defaults.loc_lr_mult,
+                   help="localisation net's rate as a multiple of the classifier's (joint and staged)")
+    p.add_argument("--stage2-classifier-lr-mult", type=float, default=defaults.stage2_classifier_lr_mult,
+                   help="staged, stage 2: the classifier's rate as a multiple of the ResNet run's schedule")
     p.add_argument("--transform", default=defaults.transform, choices=sorted(rstn.TRANSFORMS), help="transform family")
     p.add_argument("--max-train-images", type=int, default=None, help="train on a fixed random subset of this size")
     p.add_argument("--out", default=None, help="output folder (default data/runs/stn-<hash>)")
@@ -44,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = rstn.compare(args.data, seeds=tuple(args.seeds), methods=tuple(args.methods), out_dir=args.out,
                            device=args.device, epochs=args.epochs, stage2_epochs=args.stage2_epochs,
                            freeze_epochs=args.freeze_epochs, image_size=args.image_size, input_size=args.input_size,
-                           loc_size=args.loc_size, transform=args.transform, batch_size=args.batch_size, lr=args.lr, max_train_images=args.max_train_images)
+                           loc_size=args.loc_size, transform=args.transform,
+                           loc_lr_mult=args.loc_lr_mult, stage2_classifier_lr_mult=args.stage2_classifier_lr_mult,
+                           batch_size=args.batch_size, lr=args.lr, max_train_images=args.max_train_images)
     with __import__("pandas").option_context("display.width", 200, "display.max_columns", 20):
         print(summary.round(4).to_string(index=False))
     print(f"[stn] {time.perf_counter() - t0:.0f} s")

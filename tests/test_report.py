@@ -99,13 +99,18 @@ def test_runner_records_its_timings_and_the_summary_cites_them(tmp_path):
     for name in ("01_a.ipynb", "02_b.ipynb"):
         cell = nbformat.v4.new_code_cell("SEED = 0\nPRESET = 'quick'\nRESULTS_DIR = None")
         cell.metadata["tags"] = ["parameters"]
-        nb = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_code_cell("x = SEED + 1")])
+        shown = rl.report.project_root() / "figures" / "x.png"  # an absolute path a cell prints
+        nb = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_code_cell(f"x = SEED + 1\nprint({str(shown)!r})")])
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, nb_dir / name)
     timings = rl.report.run_report(notebooks_dir=nb_dir, output_dir=out_dir, log=lambda *_: None,
                                    parameters={"DATA_DIR": str(tmp_path), "RESULTS_DIR": str(results)})
     assert [t["notebook"] for t in timings] == ["01_a.ipynb", "02_b.ipynb"]
     assert sorted(p.name for p in out_dir.iterdir()) == ["01_a.ipynb", "02_b.ipynb"]
+    executed = (out_dir / "01_a.ipynb").read_text()
+    outputs = json.dumps(json.loads(executed)["cells"][-1]["outputs"])
+    assert "figures/x.png" in outputs and str(rl.report.project_root()) not in outputs  # no checkout folder
+    assert str(shown) in executed  # the code as written
     record = json.loads((results / rl.report.REPORT_FILE).read_text())
     assert record["notebooks"] == timings and record["data_seconds"] is None  # DATA_DIR given: nothing generated
     assert record["total_seconds"] == pytest.approx(sum(t["seconds"] for t in timings), abs=0.2)
