@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -103,6 +104,14 @@ class Notebook:
         from . import plots
 
         plots.setup()
+        # Python's and NumPy's global generators: figures that draw from them (seaborn's stripplot jitter) come
+        # out the same on every run. The library's own randomness has seeded generators of its own.
+        import random
+
+        import numpy as np
+
+        random.seed(self.seed)
+        np.random.seed(self.seed)
 
     def dataset(self) -> Path:
         """The data folder: DATA_DIR when given, else the synthetic preset (generated once, then reused)."""
@@ -203,24 +212,26 @@ def execute(notebook: str | Path, output: str | Path, parameters: dict, *, kerne
     return time.time() - start
 
 
-def drop_checkout_folder(notebook: str | Path, root: str | Path) -> None:
-    """Make the project's absolute paths in an executed notebook's outputs and metadata relative to the
-    project root (papermill's input and output paths, printed file names, warnings; the cells' code is left
-    as written): the committed notebooks, like the results, do not name the checkout that produced them."""
+def relativize_project_paths(notebook: str | Path, root: str | Path) -> None:
+    """Make absolute paths under the project root relative to it in an executed notebook's text outputs and
+    metadata (papermill's paths, printed file names, warnings), so the committed notebooks, like the results,
+    do not name the checkout that produced them. Code cells stay as written, images are not touched, and
+    the file keeps nbformat's layout. POSIX paths: on Windows the JSON-escaped backslashes do not match."""
     notebook = Path(notebook)
-    prefix = str(Path(root).resolve()) + os.sep
+    prefix = re.compile(r"(?<![\w./-])" + re.escape(str(Path(root).resolve()) + os.sep))  # at a path's start
 
     def strip(value):
         if isinstance(value, dict):
-            return {k: v if k == "source" else strip(v) for k, v in value.items()}
+            return {k: v if k in ("source", "attachments") or k.startswith("image/") else strip(v)
+                    for k, v in value.items()}
         if isinstance(value, list):
             return [strip(v) for v in value]
-        return value.replace(prefix, "") if isinstance(value, str) else value
+        return prefix.sub("", value) if isinstance(value, str) else value
 
-    doc = json.loads(notebook.read_text())
+    doc = json.loads(notebook.read_text(encoding="utf-8"))
     stripped = strip(doc)
-    if stripped != doc:
-        notebook.write_text(json.dumps(stripped, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    if stripped != doc:  # papermill's own writer: nbformat's layout, no final newline
+        notebook.write_text(json.dumps(stripped, indent=1, sort_keys=True, ensure_ascii=False), encoding="utf-8")
 
 
 def run_report(*, preset: str = "quick", seed: int = 0, only: list[str] | None = None,
@@ -254,8 +265,8 @@ def run_report(*, preset: str = "quick", seed: int = 0, only: list[str] | None =
             if scratch.exists():
                 scratch.replace(target.with_name(target.stem + ".failed.ipynb"))
             raise
+        relativize_project_paths(scratch, root)  # before the rename, which stays the last, atomic step
         scratch.replace(target)
-        drop_checkout_folder(target, root)
         timings.append({"notebook": nb.name, "seconds": round(seconds, 1)})
         log(f"{nb.name}: {seconds:.0f} s")
     total = sum(t["seconds"] for t in timings) + (data_seconds or 0)

@@ -99,18 +99,23 @@ def test_runner_records_its_timings_and_the_summary_cites_them(tmp_path):
     for name in ("01_a.ipynb", "02_b.ipynb"):
         cell = nbformat.v4.new_code_cell("SEED = 0\nPRESET = 'quick'\nRESULTS_DIR = None")
         cell.metadata["tags"] = ["parameters"]
-        shown = rl.report.project_root() / "figures" / "x.png"  # an absolute path a cell prints
-        nb = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_code_cell(f"x = SEED + 1\nprint({str(shown)!r})")])
+        root = rl.report.project_root()
+        shown, elsewhere, image = root / "figures" / "x.png", f"/backup{root}/y.png", f"{root}/abc"  # paths a cell prints
+        code = (f"x = SEED + 1\nprint({str(shown)!r})\nprint({elsewhere!r})\nfrom IPython.display import display\n"
+                f"display({{'image/png': {image!r}, 'text/plain': 'an image'}}, raw=True)")
+        nb = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_code_cell(code)])
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, nb_dir / name)
     timings = rl.report.run_report(notebooks_dir=nb_dir, output_dir=out_dir, log=lambda *_: None,
                                    parameters={"DATA_DIR": str(tmp_path), "RESULTS_DIR": str(results)})
     assert [t["notebook"] for t in timings] == ["01_a.ipynb", "02_b.ipynb"]
     assert sorted(p.name for p in out_dir.iterdir()) == ["01_a.ipynb", "02_b.ipynb"]
-    executed = (out_dir / "01_a.ipynb").read_text()
-    outputs = json.dumps(json.loads(executed)["cells"][-1]["outputs"])
-    assert "figures/x.png" in outputs and str(rl.report.project_root()) not in outputs  # no checkout folder
-    assert str(shown) in executed  # the code as written
+    executed = nbformat.read(out_dir / "01_a.ipynb", as_version=4)
+    nbformat.validate(executed)
+    stream, shown_image = executed.cells[-1].outputs
+    assert stream.text.splitlines() == ["figures/x.png", elsewhere]  # no checkout folder; a path that only contains it kept
+    assert shown_image.data["image/png"] == image  # images untouched
+    assert str(shown) in executed.cells[-1].source  # the code as written
     record = json.loads((results / rl.report.REPORT_FILE).read_text())
     assert record["notebooks"] == timings and record["data_seconds"] is None  # DATA_DIR given: nothing generated
     assert record["total_seconds"] == pytest.approx(sum(t["seconds"] for t in timings), abs=0.2)
@@ -121,3 +126,16 @@ def test_runner_records_its_timings_and_the_summary_cites_them(tmp_path):
     text = rl.report.summary(results)
     assert f"took {record['total_minutes']} minutes on {record['meta']['machine']}" in text
     assert numbers_are_from(text, [record, notebook_result]) == []
+
+
+def test_notebook_seeds_the_global_generators(tmp_path):
+    import random
+
+    import numpy as np
+
+    def draws(seed):
+        rl.report.Notebook("04_x", seed=seed, data_root=tmp_path, figures_dir=tmp_path, results_dir=tmp_path)
+        return np.random.uniform(size=3).tolist(), random.random()
+
+    assert draws(3) == draws(3)  # e.g. seaborn's stripplot jitter: the same figure on every run
+    assert draws(3) != draws(4)
