@@ -50,16 +50,20 @@ def _shown_path(path: str | Path) -> str:
         return str(path)
 
 
+def _map_strings(value, change, *, keep=lambda key: False):
+    """``change`` applied to every string in a JSON-like document, except under the dict keys ``keep`` picks."""
+    if isinstance(value, dict):
+        return {k: v if keep(k) else _map_strings(v, change, keep=keep) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, change, keep=keep) for v in value]
+    return change(value) if isinstance(value, str) else value
+
+
 def _relative_paths(value):
     """Absolute paths inside the project, anywhere in a results document, made relative to the project root:
     results do not name the folder of the checkout that produced them."""
-    if isinstance(value, dict):
-        return {k: _relative_paths(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_relative_paths(v) for v in value]
-    if isinstance(value, str) and value.startswith(str(project_root()) + os.sep):
-        return _shown_path(value)
-    return value
+    prefix = str(project_root()) + os.sep
+    return _map_strings(value, lambda s: _shown_path(s) if s.startswith(prefix) else s)
 
 
 def machine() -> str:
@@ -219,17 +223,9 @@ def relativize_project_paths(notebook: str | Path, root: str | Path) -> None:
     the file keeps nbformat's layout. POSIX paths: on Windows the JSON-escaped backslashes do not match."""
     notebook = Path(notebook)
     prefix = re.compile(r"(?<![\w./-])" + re.escape(str(Path(root).resolve()) + os.sep))  # at a path's start
-
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: v if k in ("source", "attachments") or k.startswith("image/") else strip(v)
-                    for k, v in value.items()}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return prefix.sub("", value) if isinstance(value, str) else value
-
     doc = json.loads(notebook.read_text(encoding="utf-8"))
-    stripped = strip(doc)
+    stripped = _map_strings(doc, lambda s: prefix.sub("", s),
+                            keep=lambda key: key in ("source", "attachments") or key.startswith("image/"))
     if stripped != doc:  # papermill's own writer: nbformat's layout, no final newline
         notebook.write_text(json.dumps(stripped, indent=1, sort_keys=True, ensure_ascii=False), encoding="utf-8")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -443,8 +443,6 @@ def _stage1_checkpoint(classifier: nn.Module, optimizer: torch.optim.Optimizer, 
                        seed: int, train_recipe) -> dict:
     """The ResNet run after stage 1, for staged training to branch off: the classifier's weights, its
     optimiser moments by parameter name (tensors only: no pickles) and where in which run it was taken."""
-    from dataclasses import asdict
-
     moments = {name: {k: v.detach().clone() for k, v in optimizer.state[p].items() if torch.is_tensor(v)}
                for name, p in classifier.named_parameters() if p in optimizer.state}
     return {"format": _STAGE1_FORMAT, "epochs": int(epochs), "steps": int(steps), "seed": int(seed),
@@ -454,8 +452,6 @@ def _stage1_checkpoint(classifier: nn.Module, optimizer: torch.optim.Optimizer, 
 
 def _check_stage1(stage1: dict, *, epochs: int, steps: int, seed: int, train_recipe) -> None:
     """A branch continues the ResNet run's schedule: it must come from the same run at the same epoch."""
-    from dataclasses import asdict
-
     want = {"epochs": epochs, "steps": steps, "seed": seed, "train_recipe": asdict(train_recipe)}
     wrong = [k for k, v in want.items() if stage1.get(k) != v]
     if wrong:
@@ -753,7 +749,7 @@ def compare(data_dir: str | Path, *, seeds: Sequence[int] = (0, 1, 2), recipe: S
     """
     import hashlib
     import json
-    from dataclasses import asdict, replace
+    from dataclasses import replace
 
     import pandas as pd
 

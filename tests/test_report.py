@@ -139,3 +139,12 @@ def test_notebook_seeds_the_global_generators(tmp_path):
 
     assert draws(3) == draws(3)  # e.g. seaborn's stripplot jitter: the same figure on every run
     assert draws(3) != draws(4)
+
+
+def test_results_name_paths_inside_the_project_relative_to_it(tmp_path):
+    root = rl.report.project_root()
+    nb = rl.report.Notebook("04_x", data_root=tmp_path, figures_dir=tmp_path, results_dir=tmp_path)
+    saved = json.loads(nb.save_results({"figure": str(root / "figures" / "x.png"),
+                                        "others": [f"{root}2/y.png", "/elsewhere/z.png", 3]}).read_text())
+    assert saved["figure"] == "figures/x.png"
+    assert saved["others"] == [f"{root}2/y.png", "/elsewhere/z.png", 3]  # outside the project: as given
