@@ -12,10 +12,166 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
+import typing
 from pathlib import Path
+
+
+# ----------------------------------------------------------------------------------------------
+# Flags generated from a configuration dataclass
+# ----------------------------------------------------------------------------------------------
+
+def _flag_type(hint):
+    """(argparse type, nargs) for a dataclass field's type hint: int, float, str, bool, X | None, tuple[X, ...]."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        hint = args[0]
+    if typing.get_origin(hint) is tuple:
+        inner = typing.get_args(hint)
+        return inner[0], (len(inner) if Ellipsis not in inner else "+")
+    return hint, None
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, *, skip=(), defaults: dict | None = None,
+                        help: dict | None = None, choices: dict | None = None) -> list[str]:
+    """One `--kebab-case` flag per field of dataclass `cls` (except `skip` and dict fields), with the field's
+    type and default (or `defaults[name]`); returns the field names added. `help`/`choices`: per field."""
+    hints = typing.get_type_hints(cls)
+    defaults, help, choices = defaults or {}, help or {}, choices or {}
+    added = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        kind, nargs = _flag_type(hints[f.name])
+        if kind is dict or typing.get_origin(kind) is dict:
+            continue
+        if f.name in defaults:
+            default = defaults[f.name]
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        flag = "--" + f.name.replace("_", "-")
+        text = help.get(f.name, f"{cls.__name__}.{f.name}")
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, nargs=nargs, default=default, help=text,
+                                choices=choices.get(f.name))
+        added.append(f.name)
+    return added
+
+
+def dataclass_values(args: argparse.Namespace, names: list[str]) -> dict:
+    """The parsed values of `add_dataclass_flags`'s fields (tuples for multi-value flags)."""
+    return {n: tuple(v) if isinstance(v, list) else v for n, v in ((n, getattr(args, n)) for n in names)}
+
+
+# ----------------------------------------------------------------------------------------------
+# receiptlib train (also the entry of torchrun -m receiptlib.train)
+# ----------------------------------------------------------------------------------------------
+
+_TRAIN_HELP = {
+    "recipe": "training recipe", "epochs": "epochs (None: the recipe's)",
+    "image_size": "square image size in px (None: the recipe's)", "batch_size": "global batch size (None: the recipe's)",
+    "lr": "peak learning rate (None: the recipe's)", "arch": "architecture (receiptlib.models.ARCHITECTURES)",
+    "weights": "auto | none | imagenet | path to a weights file",
+    "seed": "seed of initialisation, shuffling and augmentation", "device": "auto | cpu | cuda | cuda:N",
+    "workers": "image decoding processes", "max_train_images": "train on a fixed random subset of this size",
+}
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> list[str]:
+    """The `receiptlib train` flags, added to `p`: --data, --run, --resume, --runs-root and one flag per
+    TrainConfig field. Returns the TrainConfig field names."""
+    from . import models
+    from .train import RECIPES, TrainConfig
+
+    p.add_argument("--data", required=True, help="data folder with train/ (and val/, test/) of <ClassName>/*.jpg")
+    # --run-name: the same, for use under torchrun, whose own parser mistakes --run for its --run-path
+    p.add_argument("--run", "--run-name", dest="run", default=None,
+                   help="run name under --runs-root (None: <recipe>-<hash of the configuration>)")
+    p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    p.add_argument("--runs-root", default="data/runs", help="folder holding run folders")
+    return add_dataclass_flags(p, TrainConfig, skip=("data_dir",), help=_TRAIN_HELP,
+                               choices={"recipe": sorted(RECIPES), "arch": sorted(models.ARCHITECTURES)})
+
+
+def _train(args: argparse.Namespace, fields: list[str]) -> int:
+    from .train import TrainConfig, train
+
+    config = TrainConfig(data_dir=args.data, **dataclass_values(args, fields))
+    run_dir = Path(args.runs_root) / args.run if args.run else None
+    run = train(config, run_dir=run_dir, runs_root=args.runs_root, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        m = run.metrics
+        print(f"[train] {run.path}: val accuracy {m.get('val_accuracy', float('nan')):.4f} "
+              f"(best epoch {m.get('best_epoch')}, {m.get('train_seconds', 0):.0f} s training)")
+    return 0
+
+
+def main_train(argv: list[str] | None = None) -> int:
+    """`receiptlib train ...`; also the entry under `torchrun --nproc_per_node=K -m receiptlib.train ...`."""
+    p = argparse.ArgumentParser(prog="receiptlib train", description="Train a model on a receipt folder data set "
+                                "into a run folder.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fields = add_train_arguments(p)
+    return _train(p.parse_args(argv), fields)
+
+
+# ----------------------------------------------------------------------------------------------
+# receiptlib bench (also scripts/bench_inference.py)
+# ----------------------------------------------------------------------------------------------
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `receiptlib bench` (defaults from `bench.BenchConfig`)."""
+    from .bench import BenchConfig
+    from .fast import BACKENDS
+
+    d = BenchConfig()
+    parser.add_argument("--run", default=None, help="trained run: a folder, or a name under --runs-root "
+                        "(default: ResNet18 with random weights; speed does not depend on the weights)")
+    parser.add_argument("--runs-root", default="data/runs", help="where --run NAME is looked up")
+    parser.add_argument("--images", default=None, help="folder of JPEGs for the end-to-end timing "
+                        "(default: synthetic 384x512 receipt JPEGs in a temporary folder)")
+    parser.add_argument("--image-size", type=int, default=d.image_size)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, one per core)")
+    parser.add_argument("--backends", default=",".join(d.backends),
+                        help=f"comma-separated, from {','.join(BACKENDS)}")
+    parser.add_argument("--compile", action="store_true", help="add torch-compile (about a minute to compile)")
+    parser.add_argument("--repeats", type=int, default=d.repeats, help="timed batches, median reported")
+    parser.add_argument("--warmup", type=int, default=d.warmup)
+    parser.add_argument("--e2e-images", type=int, default=d.e2e_images, help="JPEGs per end-to-end pass")
+    parser.add_argument("--e2e-repeats", type=int, default=d.e2e_repeats)
+    parser.add_argument("--no-end-to-end", action="store_true", help="time the model alone only")
+    parser.add_argument("--workers", type=int, default=None, help="loader workers end to end (default: threads)")
+    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--no-isolate", action="store_true",
+                        help="run every setting in this process (faster; peak memory then is this process's)")
+    parser.add_argument("--out", default="bench.json", help="JSON copy of the results")
+
+
+def bench_command(args) -> int:
+    """`receiptlib bench`: run `bench.bench` with the parsed flags, print `bench.table`, save the JSON copy."""
+    from . import bench
+
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    cfg = bench.BenchConfig(image_size=args.image_size, batch_size=args.batch_size, threads=args.threads,
+                            backends=backends, compile=args.compile, repeats=args.repeats, warmup=args.warmup,
+                            end_to_end=not args.no_end_to_end, e2e_images=args.e2e_images,
+                            e2e_repeats=args.e2e_repeats, workers=args.workers, isolate=not args.no_isolate,
+                            device=args.device)
+    result = bench.bench(_run(args) if args.run is not None else None, config=cfg, images=args.images, out=args.out)
+    print()
+    print(bench.table(result))
+    if args.out:
+        print(f"\nJSON copy: {args.out}")
+    return 0
 
 
 def _synth(args) -> int:
@@ -103,7 +259,7 @@ def _predict(args) -> int:
     model = _inference_model(run, args.backend, args.device)
     other_fn = None
     if args.thresholds:
-        other_fn = predict.detector_other_fn(openset.load_thresholds(args.thresholds, classes=run.classes), len(run.known_classes))
+        other_fn = openset.as_decision(openset.load_thresholds(args.thresholds, classes=run.classes)).other
     transform = data.eval_transform(image_size=run.config["recipe"]["image_size"])
     return predict.predict_to_file(args.paths, model=model, classes=run.known_classes, transform=transform, out=args.out,
                                    format=args.format, other_fn=other_fn, batch_size=args.batch_size, workers=args.workers,
@@ -149,12 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     p.set_defaults(func=_synth)
 
-    from . import timing, train
     from .fast import BACKENDS
 
-    p = sub.add_parser("train", help="train ResNet18 on a folder data set (also under torchrun)", formatter_class=fmt)
-    train.add_train_arguments(p)
-    p.set_defaults(func=train.train_from_args)
+    p = sub.add_parser("train", help="train a model on a folder data set (also under torchrun)", formatter_class=fmt)
+    train_fields = add_train_arguments(p)
+    p.set_defaults(func=lambda args: _train(args, train_fields))
 
     def run_flags(p):
         p.add_argument("--run", required=True, help="a run name under --runs-root, or a run folder")
@@ -205,8 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time inference per backend and precision beside the machine's ceiling (section VIII)",
                        formatter_class=fmt)
-    timing.add_bench_arguments(p)
-    p.set_defaults(func=timing.bench_command)
+    add_bench_arguments(p)
+    p.set_defaults(func=bench_command)
 
     p = sub.add_parser("report", help="generate the data and execute notebooks/NN_*.ipynb in order", formatter_class=fmt)
     p.add_argument("--preset", default="quick", help="data and training preset passed to every notebook: tiny, quick, hard, paper")

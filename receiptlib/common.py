@@ -1,17 +1,20 @@
-"""Small shared pieces: the reserved Other class, device choice, seeding, progress bars."""
+"""Small shared pieces: the reserved Other class, the splits, device choice, named seed streams, median timing,
+progress bars, plain-JSON values. Imports nothing of the package: every other module may use it."""
 from __future__ import annotations
 
 import math
 import os
 import random
 import sys
+import time
 from pathlib import Path
-from typing import Iterable, TypeVar
+from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 
 OTHER = "Other"  # reserved class name: unknown chains; its label index is len(known classes)
-# Display names of section VII's methods: here so the README summary (report.py) needs no torch import
+SPLITS = ("train", "val", "test")  # the folders of a data set, in this order everywhere
+# Display names of section VII's methods: here so the README summary (report/) needs no torch import
 STN_METHOD_NAMES = {"resnet": "ResNet alone", "joint": "joint", "staged": "staged"}
 
 T = TypeVar("T")
@@ -32,8 +35,8 @@ def pick_device(device: str = "auto"):
 
 def native_bf16(device) -> bool:
     """Whether `device` runs bf16 in hardware: a CUDA GPU with bf16 units (Ampere and later), or a CPU with
-    AVX512-BF16 or AMX. Elsewhere bf16 is emulated: measured on an AVX2-only EPYC (torch 2.14), ResNet18
-    training ran 13x and inference 8x slower under bf16 autocast than in fp32, so "auto" choices avoid it."""
+    AVX512-BF16 or AMX. Elsewhere bf16 is emulated and many times slower than fp32 (docs/decisions.md), so
+    "auto" choices avoid it."""
     import torch
 
     device = torch.device(device)
@@ -56,6 +59,49 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
+
+# ----------------------------------------------------------------------------------------------
+# Named seed streams: every random draw is a pure function of (seed, epoch or step, stream), so a run's
+# randomness does not depend on workers, processes or what ran before it
+# ----------------------------------------------------------------------------------------------
+
+SHUFFLE, AUGMENT, SUBSET, TTA = 0, 1, 2, 3  # training streams (train/); keys of stream_seed's third place
+STN_INIT = 7         # the staged transformer's initialisation (stn/)
+ITEM_OFFSET = 1000   # per-image streams of the per-image pipeline start here (1000 + image index)
+LOADER_SHUFFLE = 2**31  # data.make_loader's shuffle order, beside its per-image streams (0..N-1)
+
+
+def stream_seed(seed: int, epoch: int, stream: int) -> int:
+    """A 63-bit seed for one independent stream of (seed, epoch, stream), from NumPy's SeedSequence."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def stream_generator(seed: int, epoch: int, stream: int):
+    """A torch.Generator seeded with ``stream_seed(seed, epoch, stream)``."""
+    import torch
+
+    return torch.Generator().manual_seed(stream_seed(seed, epoch, stream))
+
+
+def median_seconds(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 3,
+                   sync: Callable[[], object] = lambda: None) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones; ``sync`` waits for
+    asynchronous devices (CUDA) before each clock read."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+# ----------------------------------------------------------------------------------------------
+# Progress and plain JSON
+# ----------------------------------------------------------------------------------------------
 
 def interactive() -> bool:
     """True in a terminal or an interactive Jupyter kernel; False under CI, papermill via our runner, or pipes.
@@ -84,8 +130,6 @@ def progress(iterable: Iterable[T], **kwargs) -> Iterable[T]:
 
 def jsonable(value):
     """Plain-JSON copy of results: numpy scalars and arrays become numbers and lists, NaN becomes null."""
-    import numpy as np
-
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -1,18 +1,27 @@
-"""ResNet18 factory with explicit weight sources, and the penultimate-feature hook for open-set work.
+"""The architecture registry (name -> constructor, weights, preprocessing) and the penultimate-feature hook.
+
+    arch = rl.models.get_architecture("resnet18")
+    model = arch.build(25, weights="auto")       # or rl.models.build("resnet18", 25, weights="auto")
+    arch.mean, arch.std, arch.feature_dim        # what every consumer (training, predict, ONNX) must use
 
 Section IV/V of the paper: the smallest residual network, ResNet18, pretrained on ImageNet, last layer
-replaced by one output per known chain, all layers fine-tuned. This machine has no ImageNet weights and
-no network, so `weights="auto"` falls back to training from scratch and says so (`model.weights_source`).
+replaced by one output per known chain, all layers fine-tuned. Without ImageNet weights on disk (nothing is
+downloaded at run time) `weights="auto"` trains from scratch and says so (`model.weights_source`). A new
+backbone is one `register(Architecture(...))` call at the bottom of this module.
 """
 from __future__ import annotations
 
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
+
+from .data import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +61,7 @@ def _imagenet_state_dict(allow_download: bool) -> tuple[dict, Path]:
     return torch.load(path, map_location="cpu", weights_only=True), path
 
 
-def _file_state_dict(path: Path) -> dict:
+def file_state_dict(path: Path) -> dict:
     """A state dict from a weights file, or the `model` entry of a receiptlib checkpoint."""
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist; pass 'auto', 'none', 'imagenet' or an existing file")
@@ -126,7 +135,7 @@ def resnet18(num_classes: int, *, weights: str | os.PathLike = "auto", allow_dow
         path = Path(weights).expanduser()
         if not path.exists() and key.lower() in {"scratch", "random", "pretrained", "imagenet1k"}:
             raise ValueError(f"weights={key!r}: expected 'auto', 'none', 'imagenet' or a path to a weights file")
-        load_backbone_state(model, _file_state_dict(path), f"weights file {path}")
+        load_backbone_state(model, file_state_dict(path), f"weights file {path}")
         source = f"path:{path}"
     model.weights_source = source
     return model
@@ -181,6 +190,46 @@ def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     return captured[0].flatten(1), logits
 
 
-# Factories by architecture name, for rebuilding a trained run's model (`runs.Run.load_model`). Other
-# modules register theirs (e.g. stn.py: ARCHITECTURES["stn_resnet18"] = lambda n: ...).
-ARCHITECTURES = {ARCH: lambda num_classes: resnet18(num_classes, weights="none")}
+# ----------------------------------------------------------------------------------------------
+# The registry
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Architecture:
+    """A backbone by name: how to build it with a weights setting, what "auto" resolves to on this machine,
+    and the preprocessing its weights expect (inputs scaled to [0, 1], then (x - mean) / std per channel)."""
+
+    name: str
+    build: Callable[..., nn.Module]        # build(num_classes, *, weights="auto") -> nn.Module with .weights_source
+    auto_weights: Callable[[], str]        # "imagenet" when its ImageNet weights are on disk, else "none"
+    feature_dim: int                       # width of the penultimate features (input of the last linear layer)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+ARCHITECTURES: dict[str, Architecture] = {}
+DEFAULT_ARCH = ARCH
+
+
+def register(arch: Architecture) -> Architecture:
+    """Add ``arch`` to the registry (a name may be registered once)."""
+    if arch.name in ARCHITECTURES:
+        raise ValueError(f"architecture {arch.name!r} is already registered")
+    ARCHITECTURES[arch.name] = arch
+    return arch
+
+
+def get_architecture(name: str, *, where: str = "") -> Architecture:
+    """The registered architecture ``name``; an unknown name raises with the registered ones."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"{where + ': ' if where else ''}architecture {name!r} is not registered; "
+                         f"registered: {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def build(name: str, num_classes: int, *, weights: str | os.PathLike = "auto") -> nn.Module:
+    """``get_architecture(name).build(num_classes, weights=weights)``."""
+    return get_architecture(name).build(num_classes, weights=weights)
+
+
+register(Architecture(ARCH, build=resnet18, auto_weights=auto_weights, feature_dim=FEATURE_DIM))

@@ -1,8 +1,8 @@
 """Batch prediction over files and folders, with an error row per unreadable input; CSV and Mozgalo writers.
 
 Model-agnostic: ``model(x)`` returns the logits of the known classes, and an optional
-``other_fn(logits) -> (is_other, other_score)`` decides Other (the detectors of ``receiptlib.openset``
-via a thresholds file). Without it the label is the argmax and ``other_score = -max_logit`` (higher means
+``other_fn(logits) -> (is_other, other_score)`` decides Other (a detector of ``receiptlib.openset`` as
+``openset.as_decision(detector).other``, e.g. from a thresholds file). Without it the label is the argmax and ``other_score = -max_logit`` (higher means
 more likely Other, as the paper's max-logit rule of section VI).
 
 Every input appears exactly once in the result: a folder expands to its image files, a file given by
@@ -20,10 +20,9 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
 
 from .common import OTHER, pick_device, progress
-from .data import _as_known, _image_files, is_image_file, make_loader, read_image
+from .data import PathDataset, as_known_classes, image_files, is_image_file, make_loader
 
 COLUMNS = ["path", "label", "other_score", "top1", "top1_logit", "top2", "top2_logit", "top3", "top3_logit", "error"]
 TOP_K = 3
@@ -50,7 +49,7 @@ def expand_inputs(paths: Sequence[str | Path], *, recursive: bool = True) -> lis
         p = Path(raw)
         if p.is_dir():
             if recursive:
-                files = _image_files(p)
+                files = image_files(p)
             else:
                 files = sorted((f for f in p.iterdir() if f.is_file() and is_image_file(f)), key=lambda f: f.name)
             if not files:
@@ -65,22 +64,6 @@ def expand_inputs(paths: Sequence[str | Path], *, recursive: bool = True) -> lis
     return rows
 
 
-class PathDataset(Dataset):
-    """Images from a list of paths, label 0; raises ``ImageReadError`` (the loader turns it into an error row)."""
-
-    def __init__(self, paths: Sequence[str], transform: Callable, draft_size: int | None = None):
-        self.paths = list(paths)
-        self.transform = transform
-        s = draft_size if draft_size is not None else getattr(transform, "image_size", None)
-        self.draft_size = (s, s) if s else None
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        return self.transform(read_image(self.paths[index], draft_size=self.draft_size)), 0
-
-
 def predict_paths(paths: Sequence[str | Path], *, model: Callable, classes: Sequence[str], transform: Callable,
                   other_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
                   batch_size: int = 32, workers: int = 0, device: str = "auto",
@@ -92,7 +75,7 @@ def predict_paths(paths: Sequence[str | Path], *, model: Callable, classes: Sequ
     ``model``: a torch module or any callable mapping a (N, 3, H, W) batch to (N, len(classes)) logits;
     modules are put in eval mode and moved to ``device``.
     """
-    known = _as_known(classes)
+    known = as_known_classes(classes)
     rows = expand_inputs(paths, recursive=recursive)
     n = len(rows)
     table: dict[str, np.ndarray] = {
@@ -151,15 +134,6 @@ def _predict_into(table, files, at, *, model, known, transform, other_fn, batch_
     for k in range(min(TOP_K, len(known))):
         table[f"top{k + 1}"][rows] = names[order[:, k]]
         table[f"top{k + 1}_logit"][rows] = np.take_along_axis(logits, order[:, k:k + 1], axis=1)[:, 0]
-
-
-def detector_other_fn(detector, num_known: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """An ``other_fn`` from a fitted ``receiptlib.openset`` detector (e.g. ``openset.load_thresholds(FILE)``):
-    Other where the detector predicts the reserved label ``num_known``; its score as ``other_score``."""
-    def other_fn(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return np.asarray(detector.predict(logits)) == num_known, np.asarray(detector.score(logits))
-
-    return other_fn
 
 
 # ----------------------------------------------------------------------------------------------

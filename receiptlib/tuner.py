@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Sequence
 
 from . import openset
+from .common import OTHER
+from .report import plots
 
 
 class ThresholdTuner:
@@ -22,7 +24,7 @@ class ThresholdTuner:
         import ipywidgets as w
 
         self.val = openset.as_outputs(val)
-        self.classes = [c for c in classes if c != "Other"]
+        self.classes = [c for c in classes if c != OTHER]
         self.path = Path(path)
         self.run = run
         self.overrides: dict[str, float] = {}
@@ -111,11 +113,9 @@ class ThresholdTuner:
         import matplotlib.pyplot as plt
         from IPython.display import display
 
-        from . import plots
-
         self.confusion.clear_output(wait=True)
         with self.confusion:
             fig, ax = plt.subplots(figsize=(5.5, 5))
-            plots.confusion(self.result["confusion"], [*self.classes, "Other"], ax=ax, title="val confusion")
+            plots.confusion(self.result["confusion"], [*self.classes, OTHER], ax=ax, title="val confusion")
             display(fig)
             plt.close(fig)

@@ -10,7 +10,7 @@ The machine should be otherwise idle: the load average at the start and end is p
 import argparse
 import sys
 
-from receiptlib.timing import add_bench_arguments, bench_command
+from receiptlib.cli import add_bench_arguments, bench_command
 
 
 def main(argv=None) -> int:

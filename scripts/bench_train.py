@@ -21,6 +21,7 @@ from torch import nn
 
 def main() -> None:
     from receiptlib import models, train as T
+    from receiptlib.common import AUGMENT, stream_generator
     from receiptlib.data import known_classes
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -93,7 +94,7 @@ def main() -> None:
 
     # the augmentation alone, and (for context) the paper pipeline's per-image decoding + augmentation
     if recipe.pipeline == "cached":
-        params = T.draw_augment(len(cache), T.stream_generator(0, 0, T.AUGMENT), recipe)
+        params = T.draw_augment(len(cache), stream_generator(0, 0, AUGMENT), recipe)
         t = time.perf_counter()
         for b in plan:
             T.augment_batch(cache.images[b], {k: v[b] for k, v in params.items()})

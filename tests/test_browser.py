@@ -1,4 +1,4 @@
-"""The threshold tuner of notebook 04 in a real browser (issue 7): JupyterLab on a loopback port, headless
+"""The threshold tuner of notebook 04 in a real browser: JupyterLab on a loopback port, headless
 Chromium driven by Playwright, Run All, move the k slider, check the readout against `openset.tune`, press
 save and check the thresholds file.
 

@@ -334,3 +334,48 @@ def test_loader_is_deterministic_whatever_the_workers(tmp_path):
     assert sorted(flat(a[0])) == list(range(len(ds)))
     assert not all(torch.equal(x1, x2) for (x1, _, _), (x2, _, _) in zip(a[0], c[0]))
     assert len(D.make_loader(ds, batch_size=4, shuffle=False)) == 2
+
+
+# ---------------------------------------------------------------- the manifest joined to image paths
+
+def write_manifest(root: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    root.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+
+
+def test_photo_table_joins_the_manifest_in_the_given_order_for_every_path_form(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    write_manifest(data, [{"path": f"test/A/{i}.jpg", "label": "A", "rotation_deg": 10.0 * i,
+                           "lookalike": "true" if i == 1 else "false"} for i in range(3)])
+    order = [2, 0, 1]
+    table = D.photo_table(data, [str(data / f"test/A/{i}.jpg") for i in order])  # absolute
+    assert table["path"].tolist() == [f"test/A/{i}.jpg" for i in order]
+    assert table["rotation_deg"].tolist() == [20.0, 0.0, 10.0] and table.index.tolist() == [0, 1, 2]
+    assert table["lookalike"].dtype == bool and table["lookalike"].tolist() == [False, False, True]
+    monkeypatch.chdir(tmp_path)
+    assert D.photo_table("data", [f"data/test/A/{i}.jpg" for i in order]).equals(table)  # relative to the cwd
+    assert D.photo_table("data", [f"test/A/{i}.jpg" for i in order]).equals(table)  # relative to the data folder
+    unlisted = [str(data / "test/A/0.jpg"), str(data / "test/A/9.jpg")]
+    with pytest.raises(ValueError, match="1 images are not listed, e.g. .*9.jpg"):
+        D.photo_table(data, unlisted)
+    kept = D.photo_table(data, unlisted, missing="keep")
+    assert kept["path"].tolist() == ["test/A/0.jpg", "test/A/9.jpg"] and np.isnan(kept["rotation_deg"][1])
+    assert kept["lookalike"].dtype == bool and kept["lookalike"].tolist() == [False, False]
+
+
+def test_distortion_bins_of_a_photo_table():
+    import pandas as pd
+
+    table = pd.DataFrame({"rotation_deg": [0.0, -15.0, 45.0, 5.0], "blur_px": [0.0, 2.0, 0.2, 9.0],
+                          "label": ["A", OTHER, OTHER, OTHER], "lookalike": [False, True, False, False],
+                          "logo_in_frame": [False, False, True, False]})
+    bins = D.distortion_bins(table)
+    assert list(bins) == ["rotation (|degrees|)", "blur (px)", "occluded fraction", "kind of photo"]
+    assert bins["rotation (|degrees|)"].astype(str).tolist() == ["(-0.001, 10.0]", "(10.0, 20.0]", "(30.0, 180.0]",
+                                                                 "(-0.001, 10.0]"]
+    assert bins["blur (px)"].astype(str).tolist() == ["(-0.01, 0.5]", "(1.5, 3.0]", "(-0.01, 0.5]", "(3.0, 100.0]"]
+    assert bins["occluded fraction"].astype(str).tolist() == ["(-0.01, 0.0]"] * 4  # no column (real photos): 0
+    assert bins["kind of photo"].tolist() == ["known", "lookalike Other", "logo-in-frame Other", "plain Other"]
+    assert all(b.index.equals(table.index) for b in bins.values())

@@ -1,4 +1,4 @@
-"""ONNX export, int8 quantization and the agreement check of the fast path (issue 6 section 2), on tiny data."""
+"""ONNX export, int8 quantization and the agreement check of the fast path, on tiny data."""
 import json
 import sys
 
@@ -8,6 +8,7 @@ import torch
 
 from receiptlib import fast
 from receiptlib.models import resnet18
+from receiptlib.openset import as_decision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -152,10 +153,10 @@ def test_unavailable_candidate_is_reported_not_fatal(model, tmp_path):
 
 
 def test_per_class_thresholds_decide_other():
-    decide = fast.as_decision(np.array([1.0, 5.0]))
+    decide = as_decision(np.array([1.0, 5.0]))
     logits = np.array([[2.0, 0.0], [0.0, 4.0], [0.0, 6.0]])
     np.testing.assert_array_equal(decide(logits), [0, 2, 1])  # 2 = Other: max logit below its class threshold
-    np.testing.assert_array_equal(fast.as_decision(None)(logits), [0, 1, 1])
+    np.testing.assert_array_equal(as_decision(None)(logits), [0, 1, 1])
 
 
 def test_missing_onnxruntime_names_the_extra(monkeypatch):

@@ -81,28 +81,18 @@ def check_07(results):
 
 CHECKS = {"01": check_01, "02": check_02, "03": check_03, "04": check_04, "05": check_05, "06": check_06,
           "07": check_07}
-# Smaller settings for the tiny run where a notebook's own parameters are sized for the report.
-TEST_PARAMS = {
-    "02": {"STEPS": 6},
-    "03": {"PAPER_IMAGE_SIZE": 64, "PAPER_TRAIN_IMAGES": 40},
-    # 3 methods x 3 seeds x 2 epochs of one batch at 32 px (not 16: see TINY in test_stn.py); SEEDS a list,
-    # since papermill passes a tuple as its string
-    "05": {"SEEDS": [0, 1, 2], "STN_EPOCHS": 2, "STAGE2_EPOCHS": 1, "STN_IMAGE_SIZE": 32, "STN_INPUT_SIZE": 64,
-           "MAX_TRAIN_IMAGES": 50},
-    "06": {"IMAGE_SIZE": 64, "REPEATS": 2, "E2E_IMAGES": 32, "N_VAL": 40, "BACKENDS": "torch-fp32,onnx-int8"},
-}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_on_tiny_preset(notebook, report_dirs):
+    # the notebooks' sizes left at None: the tiny preset's (rl.presets.PRESETS["tiny"])
     params = {
         "PRESET": "tiny",
         "SEED": 0,
         "DATA_ROOT": str(report_dirs["data"]),
         "FIGURES_DIR": str(report_dirs["figures"]),
         "RESULTS_DIR": str(report_dirs["results"]),
-        **TEST_PARAMS.get(notebook.name[:2], {}),
     }
     rl.report.execute(notebook, report_dirs["notebooks"] / notebook.name, params, cwd=notebook.parent)
     results = json.loads((report_dirs["results"] / f"{notebook.stem}.json").read_text())

@@ -9,7 +9,8 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from receiptlib import openset as os_
 from receiptlib.openset import (KNN, Energy, GlobalSoftmax, LogitDistance, Mahalanobis, MaxLogit, MaxSoftmax,
-                                Outputs, PerClassLogit, Voting, _KthNeighbour)
+                                Outputs, PerClassLogit, Voting)
+from receiptlib.openset.distances import _KthNeighbour
 
 CLASSES = ["JewelOsco", "Aldi", "Bilo", "Coop", "Dm"]  # known classes; Other is index 5
 C = len(CLASSES)
@@ -280,12 +281,32 @@ def test_fit_threshold_maximises_val_macro_f1(val):
         assert macro_f1(val.labels, pred) <= best + 1e-12
 
 
-def test_as_other_fn_feeds_predict(val, test):
+def test_as_decision_feeds_predict_and_fast(val, test):
     det = PerClassLogit().fit(val)
-    is_other, score = os_.as_other_fn(det)(test.logits)
+    decision = os_.as_decision(det)
+    np.testing.assert_array_equal(decision(test.logits), det.predict(test))
+    is_other, score = decision.other(test.logits)
     assert (is_other == (det.predict(test) == C)).all() and np.allclose(score, det.score(test))
     with pytest.raises(ValueError, match="cannot decide Other inside predict"):
-        os_.as_other_fn(KNN().fit(val))
+        os_.as_decision(KNN().fit(val))
+    # per-class max-logit thresholds: the score is the margin below the class's threshold, Other iff > 0
+    thresholds = det.thresholds_
+    by_array = os_.as_decision(thresholds)
+    np.testing.assert_array_equal(by_array(test.logits), det.predict(test))
+    is_other, score = by_array.other(test.logits)
+    assert (is_other == (score > 0)).all() and np.allclose(score, det.score(test))
+    with pytest.raises(ValueError, match="one threshold per known class"):
+        by_array(test.logits[:, :3])
+    # no decision: argmax, and predict's default score -max logit
+    is_other, score = os_.as_decision(None).other(test.logits)
+    assert not is_other.any() and np.allclose(score, -test.logits.max(1))
+
+
+def test_as_decision_reads_a_thresholds_file(val, test, tmp_path):
+    det = PerClassLogit().fit(val)
+    path = os_.save_thresholds(tmp_path / "t.json", det, classes=CLASSES)
+    np.testing.assert_array_equal(os_.as_decision(path)(test.logits), det.predict(test))
+    np.testing.assert_array_equal(os_.as_decision(str(path))(test.logits), det.predict(test))
 
 
 def test_fit_and_evaluate_and_detector_table(val, test):

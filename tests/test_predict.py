@@ -12,6 +12,7 @@ from PIL import Image
 from receiptlib import data as D
 from receiptlib import predict as P
 from receiptlib.common import OTHER
+from receiptlib.openset import as_decision
 
 CLASSES = ["Alpha", "Beta", "Gamma", "Delta"]
 SIZE = 32
@@ -127,7 +128,7 @@ def test_other_fn_decides_other(inputs):
         run([inputs["folder"]], other_fn=lambda z: (np.zeros(1, bool), np.zeros(1)))
 
 
-def test_detector_other_fn_uses_predict_and_score(inputs):
+def test_a_detector_decides_other_through_as_decision(inputs):
     class Detector:  # the receiptlib.openset interface: predict -> labels with Other = num_known, score
         def predict(self, logits):
             return np.where(logits[:, 0] > logits[:, 1], len(CLASSES), logits.argmax(1))
@@ -135,7 +136,7 @@ def test_detector_other_fn_uses_predict_and_score(inputs):
         def score(self, logits):
             return logits[:, 0] - logits[:, 1]
 
-    df = run([inputs["folder"]], other_fn=P.detector_other_fn(Detector(), len(CLASSES)))
+    df = run([inputs["folder"]], other_fn=as_decision(Detector()).other)
     ok = df[df["error"] == ""]
     margin = ok["other_score"].to_numpy()
     assert ((ok["label"] == OTHER).to_numpy() == (margin > 0)).all()

@@ -148,3 +148,109 @@ def test_results_name_paths_inside_the_project_relative_to_it(tmp_path):
                                         "others": [f"{root}2/y.png", "/elsewhere/z.png", 3]}).read_text())
     assert saved["figure"] == "figures/x.png"
     assert saved["others"] == [f"{root}2/y.png", "/elsewhere/z.png", 3]  # outside the project: as given
+
+
+def test_another_preset_writes_under_its_own_folders(tmp_path, monkeypatch):
+    """A notebook run on a preset other than the report's must not overwrite the committed figures/results."""
+    for folder in ("notebooks", "receiptlib"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")  # a project root of its own
+    assert rl.presets.REPORT_PRESET == "quick"
+    assert rl.report.preset_dir("figures", "quick") == tmp_path / "figures"
+    assert rl.report.preset_dir("results", "tiny") == tmp_path / "results" / "tiny"
+    quick = rl.report.Notebook("05_x", preset="quick", data_root=tmp_path / "data")
+    tiny = rl.report.Notebook("05_x", preset="tiny", data_root=tmp_path / "data")
+    assert (quick.figures_dir, quick.results_dir) == (tmp_path / "figures", tmp_path / "results")
+    assert (tiny.figures_dir, tiny.results_dir) == (tmp_path / "figures" / "tiny", tmp_path / "results" / "tiny")
+    given = rl.report.Notebook("05_x", preset="tiny", figures_dir=tmp_path / "f", results_dir=tmp_path / "r")
+    assert (given.figures_dir, given.results_dir) == (tmp_path / "f", tmp_path / "r")  # explicit folders win
+    assert not (tmp_path / "figures").exists() and not (tmp_path / "results").exists()  # nothing written yet
+
+
+def test_runner_regenerates_the_readme_from_the_report_preset_only(tmp_path, monkeypatch):
+    for folder in ("notebooks", "receiptlib"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "notebooks" / "01_a.ipynb").write_text("{}")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{rl.report.BEGIN}\nold\n{rl.report.END}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(rl.report.runner, "execute", lambda nb, out, params, cwd: Path(out).write_text("{}") and 1.0)
+    monkeypatch.setattr(rl.report.runner, "machine", lambda: "a machine")
+    run = lambda preset: rl.report.run_report(preset=preset, parameters={"DATA_DIR": str(tmp_path)},  # noqa: E731
+                                              log=lambda *_: None)
+    run("tiny")
+    assert (tmp_path / "results" / "tiny" / rl.report.REPORT_FILE).is_file()
+    assert not (tmp_path / "results" / rl.report.REPORT_FILE).exists() and "old" in readme.read_text()
+    run("quick")
+    assert (tmp_path / "results" / rl.report.REPORT_FILE).is_file() and "old" not in readme.read_text()
+
+
+def test_notebook_settings_are_the_presets_with_overrides():
+    quick = {section: rl.report.settings("quick", section) for section in ("residual", "paper_recipe", "stn", "bench")}
+    # the values the report's notebooks had in their parameters cells before they moved to rl.presets
+    assert quick["residual"] == dict(blocks=16, width=12, image_size=40, steps=60, lr=0.05)
+    assert quick["paper_recipe"] == dict(epochs=1, max_train_images=600, image_size=224)
+    assert quick["stn"] == dict(seeds=(0, 1, 2), epochs=5, stage2_epochs=2, image_size=64, input_size=128,
+                                max_train_images=1250, batch_size=32, transform="rts")
+    assert quick["bench"] == dict(image_size=224, batch_size=16, repeats=10, e2e_images=256, n_val=1000,
+                                  backends=("torch-fp32", "torch-channels_last", "torch-bf16", "onnx-fp32", "onnx-int8"))
+    nb = rl.report.Notebook("06_x", preset="tiny", data_root="unused", figures_dir="unused", results_dir="unused")
+    bench = nb.settings("bench", image_size=None, repeats=3, backends="torch-fp32,onnx-int8")
+    assert bench == {**rl.presets.get("tiny").bench, "repeats": 3, "backends": ("torch-fp32", "onnx-int8")}
+    assert nb.settings("stn", seeds=[4, 5])["seeds"] == (4, 5)  # papermill passes lists, not tuples
+    with pytest.raises(ValueError, match="repeat"):
+        nb.settings("bench", repeat=3)
+    with pytest.raises(ValueError, match="section"):
+        nb.settings("benchmark")
+
+
+def test_throughput_figure_draws_a_bar_and_a_ceiling_per_backend():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    row = dict(ceiling_gflops=400.0, gflop_per_image=2.0, error=None)
+    timings = pd.DataFrame([
+        {**row, "backend": "torch-fp32", "mode": "model", "images_per_s": 100.0},
+        {**row, "backend": "onnx-int8", "mode": "model", "images_per_s": 150.0, "ceiling_gflops": 900.0},
+        {**row, "backend": "torch-bf16", "mode": "model", "images_per_s": None, "error": "not on this CPU"},
+        {**row, "backend": "torch-fp32", "mode": "end_to_end", "images_per_s": 50.0},
+    ])
+    fig = rl.report.plots.throughput_figure(timings, image_size=64, batch_size=16)
+    model, e2e = fig.axes
+    assert [p.get_width() for p in model.patches] == [100.0, 150.0]  # the failed setting has no bar
+    assert [t.get_text() for t in model.get_yticklabels()] == ["torch-fp32", "onnx-int8"]
+    assert [list(line.get_xdata()) for line in model.lines] == [[200.0, 200.0], [450.0, 450.0]]  # ceiling / GFLOP
+    assert [p.get_width() for p in e2e.patches] == [50.0] and len(e2e.lines) == 1
+    assert model.get_title() == "model (64 px, batch 16); red: ceiling" and e2e.get_title().startswith("end to end")
+    plt.close(fig)
+
+
+def test_savefig_writes_one_png_and_no_temporary_file(tmp_path):
+    import matplotlib.pyplot as plt
+
+    fig, _ = plt.subplots()
+    path = rl.report.plots.savefig(fig, "04_x", tmp_path / "figures")
+    plt.close(fig)
+    assert path == tmp_path / "figures" / "04_x.png" and path.read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in path.parent.iterdir()] == ["04_x.png"]
+
+
+def test_recipe_comparison_table_from_runs():
+    import types
+
+    import pandas as pd
+
+    def run(recipe, max_train_images, seconds, speed, acc):
+        return types.SimpleNamespace(config={"recipe": recipe, "max_train_images": max_train_images},
+                                     history=pd.DataFrame({"seconds": seconds, "images_per_second": speed}),
+                                     metrics={"val_accuracy": acc})
+
+    paper = run({"batch_size": 4, "image_size": 224, "schedule": "exponential"}, 600, [30.0], [20.0], 0.2)
+    fast = run({"batch_size": 32, "image_size": 64, "optimizer": "adamw", "schedule": "warmup_cosine"}, None,
+               [10.0, 12.0], [200.0, 220.0], 0.9)
+    table = rl.report.recipe_comparison({"paper": paper, "fast": fast})
+    assert list(table.index) == ["paper", "fast"]
+    assert table.loc["paper", "optimizer"] == "sgd" and table.loc["paper", "train_images"] == 600  # sgd: the default
+    assert table.loc["fast", "train_images"] == "all" and table.loc["fast", "epochs"] == 2
+    assert table.loc["fast", "wall_seconds"] == 22.0 and table.loc["fast", "images_per_second"] == 210.0
+    assert table.to_dict(orient="index")["fast"]["val_accuracy"] == 0.9

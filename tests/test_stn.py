@@ -186,8 +186,7 @@ def make_folder(root, *, classes=("Alpha", "Beta", "Gamma"), per_class=(4, 2, 2)
     return root
 
 
-# image_size 32, not 16: at 16 px ResNet18's layer4 sees 1x1 maps, where bf16 + channels_last conv backward on
-# a CPU with bf16 hardware (torch 2.14.1, oneDNN) returned garbage weight gradients (NaN or 1e26); 32 px is exact.
+# 32 px, not 16: bf16 conv backward on layer4's 1x1 maps gave garbage gradients (docs/decisions.md)
 TINY = dict(image_size=32, input_size=64, loc_size=16, epochs=2, stage2_epochs=1, freeze_epochs=1,
             batch_size=4, lr=0.02, weights="none", overrides={"eval_batch_size": 8})
 
@@ -261,12 +260,12 @@ def test_branch_carries_the_classifier_moments_and_the_schedule_position():
         opt.step()
         opt.zero_grad()
         sched.step()
-    ckpt = rstn._stage1_checkpoint(plain.classifier, opt, epochs=n1, steps=steps, seed=0, train_recipe=base)
+    ckpt = rstn.stage1_checkpoint(plain.classifier, opt, epochs=n1, steps=steps, seed=0, train_recipe=base)
     model = rstn.stage2_model(ckpt["model"], recipe, 3)
     opt2 = rstn.make_optimizer(rstn.param_groups(model, base.lr, classifier_mult=1.0, loc_mult=0.1), base)
-    rstn._load_classifier_moments(opt2, model.classifier, ckpt["moments"])
+    rstn.load_classifier_moments(opt2, model.classifier, ckpt["moments"])
     schedule2 = rtrain.make_scheduler(opt2, base, steps, epochs)
-    rstn._advance(schedule2, epochs=n1, steps=steps)
+    rstn.advance_schedule(schedule2, epochs=n1, steps=steps)
     for (name, p), p2 in zip(plain.classifier.named_parameters(), model.classifier.parameters()):
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(opt.state[p][key], opt2.state[p2][key]), (name, key)
@@ -277,7 +276,7 @@ def test_branch_carries_the_classifier_moments_and_the_schedule_position():
     assert rates["classifier"] == pytest.approx(opt.param_groups[0]["lr"])
     assert rates["localisation"] == pytest.approx(0.1 * opt.param_groups[0]["lr"])
     with pytest.raises(ValueError, match="lack"):
-        rstn._load_classifier_moments(opt2, model.classifier, {"fc.weight": ckpt["moments"]["fc.weight"]})
+        rstn.load_classifier_moments(opt2, model.classifier, {"fc.weight": ckpt["moments"]["fc.weight"]})
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from receiptlib.common import OTHER
-from receiptlib import synth
+from receiptlib import presets, synth
 
 # Small enough for a few seconds per generation, still with every kind of Other photo.
 SMALL = synth.SynthConfig(name="small", n_known=4, n_unknown_val=4, n_unknown_test=4, n_lookalike=1,
@@ -105,10 +105,12 @@ def test_ensure_dataset_regenerates_an_older_version_of_its_preset(tmp_path, mon
     assert _files(out) == fresh  # regenerated: the old files are gone, the preset's own bytes are back
 
 
-def test_presets_for_reports_and_data_match():
-    from receiptlib import runs
-
-    assert set(runs.REPORT_PRESETS) == set(synth.PRESETS)
+def test_synth_presets_are_the_presets_synth_settings():
+    assert set(synth.PRESETS) == set(presets.PRESETS)
+    assert synth.PRESETS["quick"].difficulty == 0.3 and synth.PRESETS["hard"].difficulty == 1.0
+    assert synth.PRESETS["tiny"].name == "tiny" and synth.PRESETS["tiny"].train_per_class == 4
+    with pytest.raises(ValueError, match="unknown synth preset 'huge'"):
+        synth.generate("unused", "huge")
 
 
 def test_world_val_and_test_unknown_chains_are_disjoint():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from receiptlib import train as T
+from receiptlib import cli, runs, train as T
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,9 +69,9 @@ def test_recipes_and_options_are_checked():
 
 def test_auto_precision_uses_bf16_only_where_the_hardware_has_it(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(T, "native_bf16", lambda device: True)
+    monkeypatch.setattr(T.loop, "native_bf16", lambda device: True)
     assert T.amp_dtype("auto", cpu) == torch.bfloat16
-    monkeypatch.setattr(T, "native_bf16", lambda device: False)
+    monkeypatch.setattr(T.loop, "native_bf16", lambda device: False)
     assert T.amp_dtype("auto", cpu) is None  # emulated bf16 is several times slower than fp32
     assert T.amp_dtype("bf16", cpu) == torch.bfloat16 and T.amp_dtype("none", cpu) is None  # explicit wins
 
@@ -273,7 +273,7 @@ def test_resume_with_other_classes_is_a_clear_error(shapes, tmp_path):
     with pytest.raises(ValueError, match="trained on classes"):
         run.load_model("last")
     with pytest.raises(ValueError, match="architecture"):
-        T.load_checkpoint(run.checkpoint_path("best"), arch="stn_resnet18")
+        runs.load_checkpoint(run.checkpoint_path("best"), arch="stn_resnet18")
 
 
 @pytest.mark.slow
@@ -291,7 +291,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert T.main_train([*args, "--run", "single"]) == 0
+    assert cli.main_train([*args, "--run", "single"]) == 0
     from receiptlib.runs import Run
 
     ddp, single = Run(tmp_path / "ddp"), Run(tmp_path / "single")

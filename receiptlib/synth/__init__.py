@@ -9,8 +9,8 @@ from .chains import Chain, World, make_world
 from .photo import DISTORTIONS, photograph
 from .render import render_receipt
 from .writer import (PRESETS, SynthConfig, dataset_dir, ensure_dataset, generate, hard_other_examples, is_complete, make_photo,
-                     plan, read_manifest)
+                     plan)
 
 __all__ = ["SynthConfig", "PRESETS", "generate", "ensure_dataset", "dataset_dir", "is_complete", "make_world", "World",
            "Chain", "render_receipt", "photograph", "DISTORTIONS", "make_photo", "plan",
-           "read_manifest", "hard_other_examples"]
+           "hard_other_examples"]

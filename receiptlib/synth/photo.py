@@ -42,7 +42,7 @@ PARAM_NAMES = tuple(neutral_params())
 
 
 @functools.lru_cache(maxsize=1)
-def _photo_backgrounds() -> tuple[tuple[str, np.ndarray], ...]:
+def photo_backgrounds() -> tuple[tuple[str, np.ndarray], ...]:
     """Load once per process, downscaled so that cropping and resizing stay cheap."""
     import warnings
 
@@ -75,7 +75,7 @@ def _photo_backgrounds() -> tuple[tuple[str, np.ndarray], ...]:
 
 
 def _photo_background(rng, W: int, H: int) -> tuple[Image.Image, str]:
-    bgs = _photo_backgrounds()
+    bgs = photo_backgrounds()
     name, a = bgs[int(rng.integers(len(bgs)))]
     h, w = a.shape[:2]
     f = rng.uniform(0.35, 1.0)

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common import OTHER, progress
+from .. import presets as _presets
+from ..common import OTHER, SPLITS, progress
+from ..io import atomic_write, write_text
 from .chains import World, make_world
-from .photo import PARAM_NAMES, _photo_backgrounds, photograph
+from .photo import PARAM_NAMES, photo_backgrounds, photograph
 from .render import render_receipt
 
 FORMAT_VERSION = 2  # bump whenever the generator's output bytes change for the same config and seed
-SPLITS = ("train", "val", "test")
 SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 MANIFEST_COLUMNS = ("path", "split", "label", "chain", "lookalike", "lookalike_of", "logo_in_frame", "second_chain") + PARAM_NAMES
 
@@ -70,21 +71,8 @@ class SynthConfig:
         return sum(self.split_sizes().values())
 
 
-PRESETS: dict[str, SynthConfig] = {
-    # tests: a few seconds, still every kind of Other
-    "tiny": SynthConfig(name="tiny", train_per_class=4, val_per_class=2, test_per_class=2, val_other=20, test_other=50,
-                        width=120, height=160),
-    # the report's default on a 2-core machine: about 2-3 minutes with 2 workers. Mild photos (difficulty 0.3:
-    # 30% rotated, mostly within +-9 degrees): what a from-scratch ResNet18 learns to ~95% in the report's few
-    # CPU minutes (measured at 128 px: difficulty 1.0 reached 43% in 15 epochs, 0.5 91%, 0.3 96%)
-    "quick": SynthConfig(name="quick", difficulty=0.3),
-    # the same sizes with every distortion at full strength (its hard slice is large: the STN experiment's
-    # natural data); the report's 10 epochs from scratch reach well under half accuracy on it
-    "hard": SynthConfig(name="hard", difficulty=1.0),
-    # the competition's sizes: 35,000 train + 10,000 val (45,000) and 20,000 test, half Other
-    "paper": SynthConfig(name="paper", train_per_class=1400, val_per_class=300, test_per_class=400, val_other=2500,
-                         test_other=10000, width=768, height=1024),
-}
+# The presets' worlds (receiptlib.presets holds every preset's settings; these are their synth parts)
+PRESETS: dict[str, SynthConfig] = {name: SynthConfig(name=name, **p.synth) for name, p in _presets.PRESETS.items()}
 
 
 def _config(config_or_preset: SynthConfig | str) -> SynthConfig:
@@ -183,9 +171,9 @@ def _work(item: Item) -> dict:
     rel = item_path(item, st["width"])
     dest = st["out"] / rel
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    img.save(tmp, "JPEG", quality=st["config"].jpeg_quality, subsampling=2, optimize=False, progressive=False)
-    os.replace(tmp, dest)  # atomic: a file under its final name is always complete
+    # atomic: a file under its final name is always complete
+    atomic_write(dest, lambda tmp: img.save(tmp, "JPEG", quality=st["config"].jpeg_quality, subsampling=2,
+                                            optimize=False, progressive=False))
     row = {"path": rel, **row}
     if st["rows"] is None:
         parts = st["out"] / ".parts"
@@ -239,10 +227,8 @@ def _check_same(out: Path, config: SynthConfig, seed: int):
                          "Delete the folder or choose another output folder.")
 
 
-def _write_json(path: Path, obj: dict):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+def _write_meta(out: Path, meta: dict) -> None:
+    write_text(out / "synth.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def _known_rows(out: Path) -> dict[str, dict]:
@@ -300,14 +286,14 @@ def generate(out_dir: str | Path, config_or_preset: SynthConfig | str = "quick",
     out.mkdir(parents=True, exist_ok=True)
     meta = _read_meta(out) or {}
     if not meta:
-        _write_json(out / "synth.json", {**_meta(config, seed), "complete": False})
+        _write_meta(out, {**_meta(config, seed), "complete": False})
     world = world_of(config, seed)
     items = plan(config, seed, world)
     width = id_width(config)
     done = _known_rows(out)
     todo = [it for it in items if not (item_path(it, width) in done and (out / item_path(it, width)).exists())]
     if todo and meta.get("complete"):
-        _write_json(out / "synth.json", {**_meta(config, seed), "complete": False})
+        _write_meta(out, {**_meta(config, seed), "complete": False})
     cfg = asdict(config)
     new_rows = []
     if todo:
@@ -326,7 +312,7 @@ def generate(out_dir: str | Path, config_or_preset: SynthConfig | str = "quick",
             # them); workers only use numpy/PIL, so forking a parent that loaded torch is harmless.
             ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
             if ctx.get_start_method() == "fork":
-                _photo_backgrounds()  # load once here; forked workers inherit it instead of each loading it
+                photo_backgrounds()  # load once here; forked workers inherit it instead of each loading it
             with ctx.Pool(min(workers, len(todo)), initializer=_init, initargs=(cfg, seed, str(out))) as pool:
                 for row in pool.imap_unordered(_work, todo, chunksize=4):
                     new_rows.append(row)
@@ -335,17 +321,18 @@ def generate(out_dir: str | Path, config_or_preset: SynthConfig | str = "quick",
             pass
     for r in new_rows:
         done[r["path"]] = r
-    with open(out / "manifest.csv.tmp", "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(MANIFEST_COLUMNS)
-        for item in items:
-            r = done[item_path(item, width)]
-            w.writerow([_fmt(r[c]) for c in MANIFEST_COLUMNS])
-    os.replace(out / "manifest.csv.tmp", out / "manifest.csv")
+    def write_manifest(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(MANIFEST_COLUMNS)
+            for item in items:
+                r = done[item_path(item, width)]
+                w.writerow([_fmt(r[c]) for c in MANIFEST_COLUMNS])
+
+    atomic_write(out / "manifest.csv", write_manifest)
     counts = {s: n for s, n in config.split_sizes().items()}
-    _write_json(out / "synth.json", {**_meta(config, seed), "complete": True, "counts": counts,
-                                     "known_classes": world.known_names,
-                                     "unknown_chains": {s: [c.name for c in world.unknown(s)] for s in ("val", "test")}})
+    _write_meta(out, {**_meta(config, seed), "complete": True, "counts": counts, "known_classes": world.known_names,
+                      "unknown_chains": {s: [c.name for c in world.unknown(s)] for s in ("val", "test")}})
     shutil.rmtree(out / ".parts", ignore_errors=True)
     for tmp in out.glob("*/*/.*.tmp"):  # leftovers of an interrupted write
         tmp.unlink(missing_ok=True)
@@ -373,27 +360,6 @@ def ensure_dataset(preset: str | SynthConfig = "quick", seed: int = 0, root: str
     if not is_complete(out, config, seed):
         generate(out, config, seed=seed, workers=workers or os.cpu_count() or 1)
     return out
-
-
-def read_manifest(data_dir: str | Path):
-    """The data set's manifest as a DataFrame. A folder of real photos has none: then one is built from the
-    folder layout (path, split, label, chain = label, no lookalike or logo-in-frame flags)."""
-    import pandas as pd
-
-    from ..data import is_image_file
-
-    data_dir = Path(data_dir)
-    path = data_dir / "manifest.csv"
-    if path.is_file():
-        return pd.read_csv(path, keep_default_na=False, na_values=[""],
-                           dtype={"lookalike_of": str, "second_chain": str},
-                           converters={c: lambda v: v == "true" for c in ("lookalike", "logo_in_frame")})
-    rows = [{"path": f.relative_to(data_dir).as_posix(), "split": split, "label": f.parent.name, "chain": f.parent.name,
-             "lookalike": False, "logo_in_frame": False}
-            for split in SPLITS for f in sorted((data_dir / split).glob("*/*")) if is_image_file(f)]
-    if not rows:
-        raise FileNotFoundError(f"{data_dir}: no manifest.csv and no images under {'/, '.join(SPLITS)}/<Class>/")
-    return pd.DataFrame(rows)
 
 
 def hard_other_examples(manifest, *, n: int = 4, seed: int = 0):

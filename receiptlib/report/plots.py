@@ -1,7 +1,10 @@
-"""One look for every figure, and one way to save it: figures/NN_name.png."""
+"""One look for every figure, one way to save it (figures/NN_name.png), and the figures of the report that
+take more than one plotting call."""
 from __future__ import annotations
 
 from pathlib import Path
+
+from ..io import atomic_write
 
 
 def setup() -> None:
@@ -19,9 +22,8 @@ def savefig(fig, name: str, figures_dir: str | Path = "figures") -> Path:
         raise ValueError(f"figure name {name!r}: give a bare name like '04_max_logit' (no folder, no extension)")
     folder = Path(figures_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.png"
-    fig.savefig(path)
-    return path
+    # format given: the temporary file's name does not end in .png
+    return atomic_write(folder / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def image_grid(images, titles=None, *, ncols: int = 6, size: float = 2.0, suptitle: str | None = None):
@@ -81,3 +83,21 @@ def confusion(matrix, labels, *, title: str = "", ax=None, normalize: bool = Tru
     ax.tick_params(labelsize=7)
     ax.figure.tight_layout()
     return ax.figure
+
+
+def throughput_figure(timings, *, image_size: int, batch_size: int, modes=("model", "end_to_end")):
+    """Images per second per backend, one panel per mode, each bar beside its hardware ceiling (red: the
+    images/s if every FLOP ran at the measured ceiling, ceiling_gflops / gflop_per_image). `timings` is
+    bench.to_frame's table (one row per backend and mode); rows with an error are left out."""
+    import matplotlib.pyplot as plt
+
+    ok = timings[timings.error.isna()]
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 3.8), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        rows = ok[ok["mode"] == mode]
+        ax.barh(rows.backend, rows.images_per_s, color="#4c72b0")
+        for y, r in enumerate(rows.itertuples()):
+            ceiling = r.ceiling_gflops / r.gflop_per_image
+            ax.plot([ceiling, ceiling], [y - 0.4, y + 0.4], color="#c44e52", lw=2)
+        ax.set(xlabel="images per second", title=f"{mode.replace('_', ' ')} ({image_size} px, batch {batch_size}); red: ceiling")
+    return fig

@@ -1,0 +1,32 @@
+"""Detecting Other (paper sections VI and IX): detectors on cached outputs, metrics, thresholds file.
+
+Every detector follows one API, after pytorch-ood: ``det.fit(val)`` learns on validation outputs and
+returns the detector; ``det.score(data)`` is a float per image, higher = more likely Other;
+``det.predict(data)`` gives labels 0..C where C = number of known classes is the reserved Other index.
+The known-class prediction is the argmax of the logits (of the vote for `Voting`); the detector only
+decides Other. ``data`` is an `Outputs` (or the dict of ``run.outputs(split)``, or a bare logits array).
+
+Threshold rule, one for all score detectors: unless given, ``other_threshold`` is the value on the
+val scores that maximises macro-F1 over the C+1 labels on val (its known images and its Other
+chains), Other iff score > other_threshold; ``rule="tpr95"`` keeps 95% of the known val images
+instead (the OOD literature's operating point, for a val set without Other). Test is never used.
+
+Modules: base (Outputs, the threshold rule, Detector), detectors (the logit detectors and the registry),
+distances (logit distance, Mahalanobis, k-NN), evaluation (metrics and the protocol), thresholds (the
+thresholds file), decision (any Other decision as a function of logits). numpy, scipy and scikit-learn only.
+"""
+from __future__ import annotations
+
+from .base import Detector, Outputs, as_outputs, f1_from_counts, fit_threshold, macro_f1_sweep
+from .decision import Decision, as_decision
+from .detectors import (METHODS, Energy, GlobalSoftmax, MaxLogit, MaxSoftmax, PerClassLogit, Voting,
+                        default_detectors, make_detector)
+from .distances import KNN, LogitDistance, Mahalanobis
+from .evaluation import detector_table, evaluate, fit_and_evaluate, macro_f1, metrics, tune
+from .thresholds import SCHEMA, SCHEMA_VERSION, load_thresholds, save_thresholds
+
+__all__ = ["Decision", "Detector", "Energy", "GlobalSoftmax", "KNN", "LogitDistance", "METHODS", "Mahalanobis",
+           "MaxLogit", "MaxSoftmax", "Outputs", "PerClassLogit", "SCHEMA", "SCHEMA_VERSION", "Voting", "as_decision",
+           "as_outputs", "default_detectors", "detector_table", "evaluate", "f1_from_counts", "fit_and_evaluate",
+           "fit_threshold", "load_thresholds", "macro_f1", "macro_f1_sweep", "make_detector", "metrics",
+           "save_thresholds", "tune"]

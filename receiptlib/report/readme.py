@@ -1,0 +1,97 @@
+"""The results front page: README's marked section, written from the report preset's results/*.json only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..common import STN_METHOD_NAMES
+from ..io import read_json, write_text
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+REPORT_FILE = "report.json"  # the runner's own timings (results/NN_*.json are the notebooks')
+STN_SLICES = {"all": "all test photos", "hard": "hard slice"}
+
+
+def _num(x, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def summary(results_dir: str | Path = "results", *, link_prefix: str = "") -> str:
+    """Markdown summary of the report from the JSON the notebooks saved in `results_dir` (its top level only:
+    other presets' results lie in subfolders). Every number in it is one of theirs, rounded for display;
+    sections whose notebook has not run are left out."""
+    results_dir = Path(results_dir)
+    found = {}
+    for path in sorted(results_dir.glob("[0-9][0-9]_*.json")):
+        r = read_json(path)
+        if isinstance(r, dict) and r.get("meta", {}).get("notebook") == path.stem:  # a notebook's own results file
+            found[path.stem[:2]] = r
+    if not found:
+        return "_No results yet: run `make report`._"
+    meta = next(iter(found.values()))["meta"]
+    nb = lambda r: f"[{r['meta']['notebook']}]({link_prefix}notebooks/{r['meta']['notebook']}.ipynb)"  # noqa: E731
+    fig = lambda name: f"[figure]({link_prefix}figures/{name}.png)"  # noqa: E731
+    lines = [f"_Written by `receiptlib report` from `results/*.json` (preset `{meta['preset']}`, seed {meta['seed']}, "
+             f"{meta['device']}, {meta['date']}); regenerated on every run, not edited by hand._", ""]
+    timing = results_dir / REPORT_FILE
+    t = read_json(timing) if timing.is_file() else None
+    if t and (t["meta"]["preset"], t["meta"]["seed"]) == (meta["preset"], meta["seed"]):  # the same report's
+        steps = ([f"data {_num(t['data_seconds'], 0)} s"] if t.get("data_seconds") is not None else []) + \
+            [f"{n['notebook'][:2]} {_num(n['seconds'], 0)} s" for n in t["notebooks"]]
+        precision = f", {t['meta']['precision']}" if t["meta"].get("precision") else ""
+        lines += [f"- **This run** took {t['total_minutes']} minutes on {t['meta']['machine']}{precision} "
+                  f"({', '.join(steps)})."]
+    if "03" in found:
+        r = found["03"]
+        lines += [f"- **Closed-set accuracy** (val, known chains): {_num(r['val_accuracy'])} after {r['epochs']} epochs "
+                  f"in {_num(r['train_seconds'], 0)} s, weights `{r['weights_source']}`. {nb(r)}, {fig('03_learning_curves')}"]
+    if "04" in found:
+        r = found["04"]
+        rows = "; ".join(f"{name} {_num(v['macro_f1'])}" for name, v in r["test"].items())
+        lines += [f"- **Other by thresholds** (fitted on val, macro-F1 on test): {rows}. {nb(r)}, {fig('04_f1_vs_k')}"]
+    if "07" in found:
+        r = found["07"]
+        lines += ["", f"Every Other detector, fitted on val and reported once on test ({nb(r)}, {fig('07_roc')}):", "",
+                  "| detector | macro-F1 | Other F1 | closed-set acc. | AUROC | FPR@95 |", "|---|---|---|---|---|---|"]
+        for name, v in r["test"].items():
+            lines.append(f"| `{name}` | {_num(v['macro_f1'])} | {_num(v['other_f1'])} | {_num(v['closed_set_accuracy'])} "
+                         f"| {_num(v['auroc'])} | {_num(v['fpr_at_95_tpr'])} |")
+    if "05" in found:
+        lines += ["", *stn_section(found["05"], nb(found["05"]), fig)]
+    if "06" in found:
+        r = found["06"]
+        lines += ["", f"Time for 10,000 photos, the paper's machines beside this one ({nb(r)}, {fig('06_images_per_second')}; "
+                  f"fastest setting that agrees with fp32 on val: `{r['fast_choice']}`):", "",
+                  "| hardware | setting | images/s | time for 10,000 |", "|---|---|---|---|"]
+        for row in r["paper_table"]:
+            lines.append(f"| {row['hardware']} | {row['setting']} | {_num(row['images_per_s'], 1)} | {row['time_for_10000']} |")
+    return "\n".join(lines)
+
+
+def stn_section(r: dict, notebook: str, fig) -> list[str]:
+    """The STN table of results/05_stn.json: mean ± std over seeds per slice and method."""
+    def pm(row, key):
+        std = row[f"{key}_std"]
+        return _num(row[f"{key}_mean"]) + (f" ± {_num(std)}" if std is not None else "")
+
+    hard = f", hard slice: {r['hard_slice_size']} of {r['test_size']} test photos" if r.get("hard_slice_size") else ""
+    lines = [f"Spatial transformer in front of ResNet, section VII: mean ± std over {r['summary'][0]['seeds']} seeds{hard} "
+             f"({notebook}, {fig('05_learning_curves')}, {fig('05_stn_outputs_staged')}):", "",
+             "| slice | method | closed-set acc. | macro-F1 with Other |", "|---|---|---|---|"]
+    for row in r["summary"]:
+        lines.append(f"| {STN_SLICES.get(row['slice'], row['slice'])} | {STN_METHOD_NAMES.get(row['method'], row['method'])} "
+                     f"| {pm(row, 'accuracy')} | {pm(row, 'macro_f1')} |")
+    return lines
+
+
+def update_readme(readme: str | Path = "README.md", text: str | None = None, *, results_dir: str | Path = "results") -> bool:
+    """Replace the README's marked results section with `text` (default: `summary(results_dir)`)."""
+    readme = Path(readme)
+    content = readme.read_text()
+    if BEGIN not in content or END not in content:
+        raise ValueError(f"{readme}: no '{BEGIN}' ... '{END}' section to regenerate")
+    head, rest = content.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{BEGIN}\n{text if text is not None else summary(results_dir)}\n{END}{tail}"
+    if new != content:
+        write_text(readme, new)
+    return new != content
