@@ -234,7 +234,7 @@ def _override(text: str) -> tuple[str, float]:
 
 def _evaluate(args) -> int:
     from . import openset
-    from .runs import write_json
+    from .io import write_json
 
     run = _run(args)
     closed = run.evaluate(args.split)
@@ -260,7 +260,7 @@ def _predict(args) -> int:
     other_fn = None
     if args.thresholds:
         other_fn = openset.as_decision(openset.load_thresholds(args.thresholds, classes=run.classes)).other
-    transform = data.eval_transform(image_size=run.config["recipe"]["image_size"])
+    transform = data.eval_transform(image_size=run.image_size, **run.normalization)
     return predict.predict_to_file(args.paths, model=model, classes=run.known_classes, transform=transform, out=args.out,
                                    format=args.format, other_fn=other_fn, batch_size=args.batch_size, workers=args.workers,
                                    device=args.device, recursive=not args.no_recursive, strict=args.strict)

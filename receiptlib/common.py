@@ -14,8 +14,6 @@ import numpy as np
 
 OTHER = "Other"  # reserved class name: unknown chains; its label index is len(known classes)
 SPLITS = ("train", "val", "test")  # the folders of a data set, in this order everywhere
-# Display names of section VII's methods: here so the README summary (report/) needs no torch import
-STN_METHOD_NAMES = {"resnet": "ResNet alone", "joint": "joint", "staged": "staged"}
 
 T = TypeVar("T")
 

@@ -1,4 +1,5 @@
-"""Atomic writes: every artifact of the package (run files, results, thresholds, caches) goes through here.
+"""Atomic writes: every artifact of the package (run files, results, thresholds, caches, predictions) goes
+through here.
 
 A kill at any moment leaves either the old file or the new one, never half of one: each writer writes a
 hidden temporary file next to the target and renames it over the target (``os.replace`` is atomic on POSIX
@@ -51,7 +52,7 @@ def read_json(path: str | Path):
 
 
 def save_torch(path: str | Path, obj) -> Path:
-    import torch  # lazy: the numpy-only readers of results (report/, openset/) need no torch
+    import torch  # lazy: openset/ and the results readers write files without needing torch
 
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 

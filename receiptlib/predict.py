@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import io
 from .common import OTHER, pick_device, progress
 from .data import PathDataset, as_known_classes, image_files, is_image_file, make_loader
 
@@ -171,8 +172,10 @@ def exit_code(df: pd.DataFrame, *, strict: bool = False) -> int:
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:
     """All columns, one row per input; ``-`` writes to stdout."""
-    out = sys.stdout if str(path) == "-" else path
-    df.to_csv(out, index=False, columns=COLUMNS, float_format="%.6g")
+    if str(path) == "-":
+        df.to_csv(sys.stdout, index=False, columns=COLUMNS, float_format="%.6g")
+    else:
+        io.write_csv(path, df, columns=COLUMNS, float_format="%.6g")
 
 
 _ID = re.compile(r"(\d+)$")
@@ -220,7 +223,7 @@ def write_mozgalo(df: pd.DataFrame, path: str | Path, *, failed_label: str = OTH
     if str(path) == "-":
         sys.stdout.write(text)
     else:
-        Path(path).write_text(text)
+        io.write_text(path, text)
 
 
 WRITERS = {"csv": write_csv, "mozgalo": write_mozgalo}

@@ -1,5 +1,6 @@
 """A training run folder, read side: its layout, identity, checkpoints, cached outputs and metrics.
-Runs are written by receiptlib.train (train.train, train.get_or_train); this module only reads them.
+Runs are written by receiptlib.train (train.train, train.get_or_train); this module reads them (and adds
+evaluation_{split}.json when asked to evaluate).
 
     run = rl.runs.Run("data/runs/fast-1a2b3c4d")     # or rl.train.get_or_train(rl.train.report_config("quick"))
     run.history                      # per-epoch losses, accuracies, lr, seconds (pandas)
@@ -57,7 +58,7 @@ def data_fingerprint(data_dir: str | Path) -> dict:
     return {"sha256": h.hexdigest(), "files": counts}
 
 
-def resolved_weights(weights, arch: str = models.DEFAULT_ARCH) -> str:
+def resolved_weights(weights, arch: str = models.ARCH) -> str:
     """What a `weights` setting means on this machine: "imagenet", "none", or the content hash of a weights
     file. The run cache keys on this, so a scratch run made under weights="auto" is not reused once ImageNet
     weights appear, and a changed weights file is a new run."""
@@ -140,7 +141,7 @@ class Run:
 
     @property
     def arch(self) -> str:
-        return self.config.get("arch", models.DEFAULT_ARCH)
+        return self.config.get("arch", models.ARCH)
 
     @property
     def data_dir(self) -> Path:
@@ -153,6 +154,21 @@ class Run:
     def image_size(self) -> int:
         """The square input size the model was trained at (its recipe's image_size)."""
         return int((self.config.get("recipe") or {}).get("image_size") or self.config.get("image_size") or 224)
+
+    @property
+    def preprocessing(self) -> dict:
+        """What the model expects: {"image_size", "mean", "std"} (config.json's; runs from before it was
+        recorded used ImageNet's statistics)."""
+        pre = self.config.get("preprocessing") or {}
+        arch = models.get_architecture(self.arch, where=str(self.path))
+        return {"image_size": int(pre.get("image_size", self.image_size)),
+                "mean": tuple(pre.get("mean", arch.mean)), "std": tuple(pre.get("std", arch.std))}
+
+    @property
+    def normalization(self) -> dict:
+        """``{"mean": ..., "std": ...}`` of `preprocessing`: keyword arguments of data.eval_transform and friends."""
+        pre = self.preprocessing
+        return {"mean": pre["mean"], "std": pre["std"]}
 
     @property
     def finished(self) -> bool:

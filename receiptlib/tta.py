@@ -22,7 +22,7 @@ def tta_outputs(run: Run, split: str = "test", n: int = 8, seed: int = 0, *, dev
     if cache.is_file():
         return np.load(cache, allow_pickle=False)
     recipe = Recipe(**run.config["recipe"])
-    images = CachedImages(run.data_dir, split, run.known_classes, recipe.image_size, workers=workers)
+    images = CachedImages(run.data_dir, split, run.known_classes, recipe.image_size, workers=workers, **run.normalization)
     expected = run.outputs(split)["paths"] if (run.path / "outputs" / f"{split}_paths.txt").is_file() else images.paths
     if images.paths != expected:
         raise ValueError(f"{run.data_dir}/{split} changed since the run cached its outputs")
@@ -34,7 +34,7 @@ def tta_outputs(run: Run, split: str = "test", n: int = 8, seed: int = 0, *, dev
         for k in range(n):
             params = draw_augment(len(images), stream_generator(seed, k, TTA), recipe)
             for b in torch.arange(len(images)).split(recipe.eval_batch_size):
-                x = augment_batch(images.images[b].to(dev), {key: v[b] for key, v in params.items()})
+                x = augment_batch(images.images[b].to(dev), {key: v[b] for key, v in params.items()}, **run.normalization)
                 _, logits = models.features_and_logits(model, x.contiguous(memory_format=fmt))
                 result[b.numpy(), k] = logits.float().cpu().numpy()
     save_npy(cache, result)

@@ -59,6 +59,15 @@ def edges():
             if isinstance(node, ast.ImportFrom):
                 for target in imported_modules(path, node):
                     yield path, node, target
+            elif isinstance(node, ast.Import):  # import receiptlib.x (as y)
+                for alias in node.names:
+                    if alias.name.startswith("receiptlib."):
+                        yield path, node, alias.name.split(".")[1:]
+
+
+def is_module(parts: list[str]) -> bool:
+    base = PACKAGE.joinpath(*parts)
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
 
 
 def test_every_module_has_a_layer():
@@ -120,6 +129,34 @@ def test_no_private_names_across_modules():
             if alias.name.startswith("_") and not alias.name.startswith("__"):
                 wrong.append(f"{path.relative_to(PACKAGE)}:{node.lineno} imports {alias.name}")
     assert not wrong, "private names imported from other modules:\n" + "\n".join(wrong)
+
+
+def test_no_private_attributes_of_other_modules():
+    """`rtrain._subset` is as private as `from .train import _subset`."""
+    wrong = []
+    for path in modules():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        aliases = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                for target in imported_modules(path, node):
+                    for alias in node.names:
+                        parts = target if target and target[-1] == alias.name else target + [alias.name]
+                        if is_module(parts) and top_name(parts) != top_name(dotted(path)):
+                            aliases[alias.asname or alias.name] = ".".join(parts)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                wrong.append(f"{path.relative_to(PACKAGE)}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
+    assert not wrong, "private attributes of other modules:\n" + "\n".join(wrong)
+
+
+def test_the_test_sees_what_it_checks(tmp_path):
+    """The walkers above resolve relative imports and module aliases (else every check would pass vacuously)."""
+    fit = PACKAGE / "train" / "fit.py"
+    targets = [".".join(t) for p, _, t in edges() if p == fit]
+    assert "runs" in targets and "train.loop" in targets and "models" in targets
+    assert is_module(["train", "loop"]) and is_module(["runs"]) and not is_module(["runs", "Run"])
 
 
 def test_no_module_over_500_lines():

@@ -131,3 +131,51 @@ def test_features_and_logits_on_a_wrapper_exposing_classifier():
     with torch.no_grad():
         feats, logits = models.features_and_logits(w, torch.randn(1, 3, 32, 32))
     assert feats.shape == (1, 512) and logits.shape == (1, 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# EfficientNet-Lite0: ImageNet weights from the package index, through an explicit key map
+# ----------------------------------------------------------------------------------------------
+
+def test_registry_maps_names_to_constructors_weights_and_preprocessing():
+    assert set(models.ARCHITECTURES) >= {"resnet18", "efficientnet_lite0"}
+    lite = models.get_architecture("efficientnet_lite0")
+    assert (lite.mean, lite.std, lite.feature_dim) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 1280)
+    assert models.get_architecture("resnet18").mean == (0.485, 0.456, 0.406)
+    with pytest.raises(ValueError, match="architecture 'vgg' is not registered; registered: "):
+        models.build("vgg", 3)
+
+
+def test_lite0_key_map_covers_the_file_with_matching_shapes():
+    state, _ = models.lite0_imagenet_state_dict()
+    model = models.efficientnet_lite0(1000, weights="none")
+    own = model.state_dict()
+    assert len(state) == len(own) == 296 and set(state) == set(own)
+    assert all(state[k].shape == own[k].shape for k in own)
+    assert models.lite0_key("_blocks.3._depthwise_conv.weight") == "blocks.2.0.conv_dw.weight"  # stage 2's first
+    with pytest.raises(KeyError, match="not a key"):
+        models.lite0_key("_head.weight")
+
+
+@pytest.mark.parametrize("photo, classes", [("chelsea", range(281, 286)), ("coffee", [967])])
+def test_lite0_imagenet_weights_classify_real_photos(photo, classes):
+    """A wrong key map, normalisation or padding turns these into other classes: the conversion is right."""
+    import skimage.data
+    from PIL import Image
+
+    from receiptlib import data
+
+    model = models.build("efficientnet_lite0", 1000, weights="imagenet").eval()
+    assert model.weights_source.startswith("imagenet:")
+    arch = models.get_architecture("efficientnet_lite0")
+    x = data.eval_transform(image_size=224, mean=arch.mean, std=arch.std)(Image.fromarray(getattr(skimage.data, photo)()))
+    with torch.no_grad():
+        top1 = int(model(x[None]).argmax(1))
+    assert top1 in classes
+
+
+def test_lite0_auto_fine_tunes_a_new_head_and_records_the_source():
+    m = models.build("efficientnet_lite0", 7, weights="auto")
+    assert m.weights_source.startswith("imagenet:") and m.classifier.out_features == 7
+    feats, logits = models.features_and_logits(m.eval(), torch.zeros(2, 3, 64, 64))
+    assert feats.shape == (2, models.LITE0_FEATURE_DIM) and logits.shape == (2, 7)

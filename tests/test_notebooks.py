@@ -28,11 +28,17 @@ def check_02(results):
 
 
 def check_03(results):
-    assert 0.0 <= results["val_accuracy"] <= 1.0
+    assert 0.0 <= results["val_accuracy"] <= 1.0 and 0.0 <= results["test_accuracy"] <= 1.0
+    assert results["test_known_photos"] > 0  # the quoted accuracy is test's, on its known photos
     recipes = results["recipes"]
     assert recipes["paper"]["batch_size"] == 4 and recipes["paper"]["optimizer"] == "sgd"  # section V as written
-    assert recipes["fast"]["epochs"] >= 1 and recipes["fast"]["wall_seconds"] > 0
-    assert results["weights_source"]  # the weights actually used are recorded
+    ours = recipes[rl.presets.get("tiny").train["recipe"]]
+    assert ours["epochs"] >= 1 and ours["wall_seconds"] > 0
+    transfer = results["transfer"]
+    assert {"ImageNet, fine-tuned", "same backbone, scratch", "ResNet18, scratch"} <= set(transfer)
+    assert transfer["ImageNet, fine-tuned"]["weights"] == "imagenet" and transfer["same backbone, scratch"]["weights"] == "none"
+    assert transfer["ResNet18, scratch"]["arch"] == "resnet18"
+    assert results["weights_source"].startswith("imagenet")  # the weights actually used are recorded
 
 
 def check_04(results):

@@ -235,22 +235,26 @@ def test_savefig_writes_one_png_and_no_temporary_file(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["04_x.png"]
 
 
-def test_recipe_comparison_table_from_runs():
+def test_run_comparison_table_from_runs():
     import types
 
     import pandas as pd
 
-    def run(recipe, max_train_images, seconds, speed, acc):
-        return types.SimpleNamespace(config={"recipe": recipe, "max_train_images": max_train_images},
-                                     history=pd.DataFrame({"seconds": seconds, "images_per_second": speed}),
-                                     metrics={"val_accuracy": acc})
+    def run(recipe, max_train_images, seconds, speed, acc, **config):
+        return types.SimpleNamespace(config={"recipe": recipe, "max_train_images": max_train_images, **config},
+                                     history=pd.DataFrame({"seconds": seconds, "images_per_second": speed,
+                                                           "val_acc": [0.5] * len(seconds)}),
+                                     metrics={"val_accuracy": acc, "test_accuracy": acc - 0.01})
 
     paper = run({"batch_size": 4, "image_size": 224, "schedule": "exponential"}, 600, [30.0], [20.0], 0.2)
     fast = run({"batch_size": 32, "image_size": 64, "optimizer": "adamw", "schedule": "warmup_cosine"}, None,
-               [10.0, 12.0], [200.0, 220.0], 0.9)
-    table = rl.report.recipe_comparison({"paper": paper, "fast": fast})
+               [10.0, 12.0], [200.0, 220.0], 0.9, arch="efficientnet_lite0", weights_source="imagenet:/x/lite0.pth")
+    table = rl.report.run_comparison({"paper": paper, "fast": fast})
     assert list(table.index) == ["paper", "fast"]
     assert table.loc["paper", "optimizer"] == "sgd" and table.loc["paper", "train_images"] == 600  # sgd: the default
     assert table.loc["fast", "train_images"] == "all" and table.loc["fast", "epochs"] == 2
     assert table.loc["fast", "wall_seconds"] == 22.0 and table.loc["fast", "images_per_second"] == 210.0
     assert table.to_dict(orient="index")["fast"]["val_accuracy"] == 0.9
+    assert table.loc["fast", "test_accuracy"] == 0.9 - 0.01 and table.loc["fast", "val_accuracy_epoch_1"] == 0.5
+    assert (table.loc["paper", "arch"], table.loc["paper", "weights"]) == ("resnet18", "none")
+    assert (table.loc["fast", "arch"], table.loc["fast", "weights"]) == ("efficientnet_lite0", "imagenet")

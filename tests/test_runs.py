@@ -23,11 +23,13 @@ def test_not_a_run_folder(tmp_path):
 
 def test_report_config_presets(tmp_path):
     cfg = T.report_config("tiny", seed=3, data_dir=tmp_path)
-    assert (cfg.data_dir, cfg.seed, cfg.recipe) == (str(tmp_path), 3, "fast")
+    assert (cfg.data_dir, cfg.seed, cfg.recipe, cfg.arch) == (str(tmp_path), 3, "finetune", "efficientnet_lite0")
     assert cfg.epochs <= 3 and cfg.image_size <= 64
     quick = T.report_config("quick", data_dir=tmp_path)
     r = quick.resolved_recipe()
-    assert (quick.epochs, r.image_size, r.batch_size, r.rotation) == (10, 64, 32, 30.0)  # the measured quick setting
+    # the measured quick setting: the pretrained backbone fine-tuned (docs/decisions.md)
+    assert (quick.arch, quick.weights, quick.epochs) == ("efficientnet_lite0", "auto", 4)
+    assert (r.image_size, r.batch_size, r.rotation, r.amp, r.label_smoothing) == (160, 32, 45.0, "cuda", 0.0)
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         T.report_config("huge", data_dir=tmp_path)
 

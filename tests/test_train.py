@@ -74,6 +74,8 @@ def test_auto_precision_uses_bf16_only_where_the_hardware_has_it(monkeypatch):
     monkeypatch.setattr(T.loop, "native_bf16", lambda device: False)
     assert T.amp_dtype("auto", cpu) is None  # emulated bf16 is several times slower than fp32
     assert T.amp_dtype("bf16", cpu) == torch.bfloat16 and T.amp_dtype("none", cpu) is None  # explicit wins
+    monkeypatch.setattr(T.loop, "native_bf16", lambda device: True)
+    assert T.amp_dtype("cuda", cpu) is None  # the fine-tuning recipe: fp32 on a CPU even with bf16 hardware
 
 
 def test_zoom_and_shift_move_the_picture_as_documented():

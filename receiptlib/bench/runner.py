@@ -56,6 +56,7 @@ def bench(run=None, *, config: BenchConfig | None = None, images: str | os.PathL
         if run is not None:
             run = run if hasattr(run, "load_model") else Run(run)
             spec["run"] = str(run.path)
+            spec["normalization"] = {k: list(v) for k, v in run.normalization.items()}  # the model's input statistics
             model = run.load_model(device="cpu")
             meta["model"] = f"run {run.path}"
         else:
@@ -128,7 +129,8 @@ def _image_paths(images, cfg: BenchConfig, tmp: Path) -> list[Path]:
 def _calibration(run, paths, cfg: BenchConfig):
     """int8 calibration batches: the run's training images, else the benchmark JPEGs (real image statistics)."""
     if run is not None:
-        return calibration_batches(run.data_dir, classes=run.classes, n=256, image_size=cfg.image_size)
+        return calibration_batches(run.data_dir, classes=run.classes, n=256, image_size=cfg.image_size,
+                                   **run.normalization)
     if not paths:
         return [torch.randn(8, 3, cfg.image_size, cfg.image_size) for _ in range(4)]
     ds = PathDataset(paths[:128], eval_transform(image_size=cfg.image_size), with_label=False)

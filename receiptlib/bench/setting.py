@@ -203,7 +203,8 @@ def _end_to_end(predictor, spec: dict, cfg: BenchConfig, threads: int, sync) -> 
         predictor = OnnxPredictor(predictor.path, backend=predictor.backend, threads=threads,
                                   device=predictor.device, spinning=False)
     workers = cfg.workers if cfg.workers is not None else max(1, threads)
-    loader = torch.utils.data.DataLoader(PathDataset(paths, eval_transform(image_size=cfg.image_size), with_label=False), batch_size=cfg.batch_size,
+    transform = eval_transform(image_size=cfg.image_size, **spec.get("normalization", {}))
+    loader = torch.utils.data.DataLoader(PathDataset(paths, transform, with_label=False), batch_size=cfg.batch_size,
                                          num_workers=workers, persistent_workers=workers > 0,
                                          prefetch_factor=4 if workers else None,
                                          pin_memory=str(getattr(predictor, "device", "cpu")).startswith("cuda"))

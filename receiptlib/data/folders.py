@@ -137,8 +137,6 @@ class ReceiptFolder(Dataset):
                 f"{len(self.known_classes)} known classes + {OTHER})")
 
 
-
-
 class PathDataset(Dataset):
     """Images from a list of paths (no folder layout): ``(tensor, 0)`` items, or the tensor alone with
     ``with_label=False``. JPEGs are decoded in draft mode at the transform's ``image_size`` (or ``draft_size``);

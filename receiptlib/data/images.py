@@ -6,7 +6,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -165,12 +165,14 @@ class Jitter:
 
 def train_transform(*, image_size: int = 224, rotation: float = 30.0,
                     jitter: Jitter | tuple[float, float, float, float] | None = Jitter(),
-                    fill: int | tuple[int, int, int] = 0):
+                    fill: int | tuple[int, int, int] = 0, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD):
     """The paper's training augmentation, re-drawn at every load.
 
     Resize to ``image_size`` x ``image_size`` FIRST (rotating the full photo and then shrinking it costs
     many times more), then a random rotation in [-rotation, +rotation] degrees, ColorJitter, ToTensor and
-    ImageNet normalisation. ``jitter=None`` turns jitter off. ``fill`` colours the corners the rotation
+    normalisation by ``mean`` / ``std`` (ImageNet's by default; a backbone's own: models.Architecture).
+    ``jitter=None`` turns jitter off. ``fill`` colours the corners the rotation
     uncovers. The returned Compose carries ``image_size`` so datasets can ask ``read_image`` for JPEG
     draft decoding at that size.
     """
@@ -186,18 +188,19 @@ def train_transform(*, image_size: int = 224, rotation: float = 30.0,
         j = jitter if isinstance(jitter, Jitter) else Jitter(*jitter)
         if any((j.brightness, j.contrast, j.saturation, j.hue)):
             steps.append(T.ColorJitter(j.brightness, j.contrast, j.saturation, j.hue))
-    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    steps += [T.ToTensor(), T.Normalize(mean, std)]
     t = T.Compose(steps)
     t.image_size = image_size
     return t
 
 
-def eval_transform(*, image_size: int = 224):
-    """Evaluation preset: resize to ``image_size`` x ``image_size``, ToTensor, ImageNet normalisation."""
+def eval_transform(*, image_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    """Evaluation preset: resize to ``image_size`` x ``image_size``, ToTensor, normalisation by ``mean`` / ``std``
+    (ImageNet's by default)."""
     from torchvision import transforms as T
 
     _check_size(image_size)
-    t = T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    t = T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(mean, std)])
     t.image_size = image_size
     return t
 
@@ -207,10 +210,9 @@ def _check_size(image_size: int) -> None:
         raise ValueError(f"image_size={image_size!r}: expected an int >= 8 (the paper uses 224)")
 
 
-def denormalize(x):
-    """Undo the ImageNet normalisation of a (3, H, W) or (N, 3, H, W) tensor, clipped to [0, 1], for previews."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
+def denormalize(x, *, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    """Undo the normalisation (ImageNet's by default) of a (3, H, W) or (N, 3, H, W) tensor, clipped to [0, 1],
+    for previews."""
+    mean = torch.tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
     return (x * std + mean).clamp(0, 1)
-
-

@@ -23,7 +23,6 @@ class Failed(NamedTuple):
     error: str
 
 
-
 # ----------------------------------------------------------------------------------------------
 # Loaders: deterministic, failures travel as data
 # ----------------------------------------------------------------------------------------------
@@ -164,4 +163,3 @@ def make_loader(dataset, *, batch_size: int, shuffle: bool, workers: int = 0, se
     return ReceiptLoader(dataset, batch_size=batch_size, shuffle=shuffle, workers=workers, seed=seed,
                          on_error=on_error, with_index=with_index, drop_last=drop_last,
                          pin_memory=pin_memory, epoch=epoch, log_failures=log_failures)
-

@@ -63,7 +63,8 @@ def photo_table(data_dir: str | Path, paths: Sequence[str | Path], *, missing: s
     absent = (table.pop("_listed") == "left_only").to_numpy()
     if missing == "raise" and absent.any():
         raise ValueError(f"{Path(data_dir) / 'manifest.csv'}: {int(absent.sum())} images are not listed, e.g. "
-                         f"{paths[int(absent.argmax())]}; regenerate the manifest")
+                         f"{paths[int(absent.argmax())]}; regenerate the manifest "
+                         "or pass a data folder without manifest.csv")
     for flag in ("lookalike", "logo_in_frame"):
         if flag in table.columns:
             table[flag] = table[flag].eq(True)  # unlisted rows (NaN) count as not flagged
@@ -90,5 +91,3 @@ def distortion_bins(table) -> dict:
             "blur (px)": pd.cut(column("blur_px"), [-0.01, 0.5, 1.5, 3, 100]),
             "occluded fraction": pd.cut(column("occluded_frac"), [-0.01, 0.0, 0.1, 0.25, 1]),
             "kind of photo": pd.Series(kind, index=table.index)}
-
-

@@ -217,11 +217,13 @@ def load_predictor(fast_dir: str | os.PathLike, *, model: nn.Module | None = Non
 # ----------------------------------------------------------------------------------------------
 
 def val_batches(root: str | os.PathLike, classes: Sequence[str] | None, *, image_size: int, batch_size: int,
-                n_val: int | None, seed: int = 0, workers: int = 0) -> tuple[list[torch.Tensor], np.ndarray]:
-    """The preprocessed batches and labels of a seeded subset of ``n_val`` val images (None: all), in order."""
+                n_val: int | None, seed: int = 0, workers: int = 0,
+                **normalization) -> tuple[list[torch.Tensor], np.ndarray]:
+    """The preprocessed batches and labels of a seeded subset of ``n_val`` val images (None: all), in order;
+    ``normalization``: the model's mean and std (eval_loader's; ImageNet's when not given)."""
     xs, ys = [], []
     for x, y in eval_loader(root, "val", classes=classes, n=n_val, image_size=image_size, batch_size=batch_size,
-                            seed=seed, workers=workers):
+                            seed=seed, workers=workers, **normalization):
         xs.append(x)
         ys.append(y.numpy())
     return xs, np.concatenate(ys)
@@ -247,8 +249,10 @@ def build_fast_model(run, *, candidates: Sequence = DEFAULT_CANDIDATES, backend:
     size = int(image_size or run.image_size)
     if isinstance(decide, str) and decide == "run":
         decide = run_decision(run)
-    xs, ys = val_batches(root, classes, image_size=size, batch_size=batch_size, n_val=n_val, workers=workers)
-    calib = calibration_batches(root, classes=classes, n=n_calibration, image_size=size, workers=workers)
+    xs, ys = val_batches(root, classes, image_size=size, batch_size=batch_size, n_val=n_val, workers=workers,
+                         **run.normalization)
+    calib = calibration_batches(root, classes=classes, n=n_calibration, image_size=size, workers=workers,
+                                **run.normalization)
     return select_fast(model, xs, ys, out_dir or Path(run.path) / "fast", candidates=candidates, decide=decide,
                        calibration=calib, backend=backend, min_agreement=min_agreement, max_f1_drop=max_f1_drop,
                        threads=threads, device=device, verbose=verbose)

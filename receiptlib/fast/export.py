@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import ReceiptFolder, eval_transform
+from ..data import IMAGENET_MEAN, IMAGENET_STD, ReceiptFolder, eval_transform
 from ..io import atomic_write
 from .backends import ONNX_FILES, BackendUnavailable, require_onnxruntime
 
@@ -127,22 +127,25 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
 
 
 def calibration_batches(root: str | os.PathLike, *, classes: Sequence[str] | None = None, n: int = 256,
-                        image_size: int = 224, batch_size: int = 32, seed: int = 0, workers: int = 0):
+                        image_size: int = 224, batch_size: int = 32, seed: int = 0, workers: int = 0,
+                        mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
     """A list-free generator of ``n`` preprocessed training images (eval transform), ``batch_size`` at a time.
 
     A random (seeded) subset of ``root/train`` so every chain is represented.
     """
     for x, _ in eval_loader(root, "train", classes=classes, n=n, image_size=image_size, batch_size=batch_size,
-                            seed=seed, workers=workers, shuffled=True):
+                            seed=seed, workers=workers, shuffled=True, mean=mean, std=std):
         yield x
 
 
 def eval_loader(root: str | os.PathLike, split: str, *, classes: Sequence[str] | None = None, n: int | None = None,
                 image_size: int = 224, batch_size: int = 32, seed: int = 0, workers: int = 0,
-                shuffled: bool = False) -> torch.utils.data.DataLoader:
+                shuffled: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
+                std: Sequence[float] = IMAGENET_STD) -> torch.utils.data.DataLoader:
     """``(x, y)`` batches of a seeded random subset of ``n`` images of ``root/split`` (None: all) under the eval
-    transform: in the folder's order, or with ``shuffled`` in the subset's random order."""
-    ds = ReceiptFolder(root, split, classes=classes, transform=eval_transform(image_size=image_size))
+    transform (normalised by ``mean`` / ``std``: the model's): in the folder's order, or with ``shuffled`` in the
+    subset's random order."""
+    ds = ReceiptFolder(root, split, classes=classes, transform=eval_transform(image_size=image_size, mean=mean, std=std))
     idx = np.random.default_rng(seed).permutation(len(ds))[:n]
     if not shuffled:
         idx = np.sort(idx)

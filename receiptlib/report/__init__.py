@@ -9,8 +9,8 @@ from . import plots
 from .notebook import Notebook, preset_dir, project_root, settings
 from .readme import BEGIN, END, REPORT_FILE, summary, update_readme
 from .runner import NotebookFailed, execute, machine, notebooks, relativize_project_paths, run_report, training_precision
-from .sections import recipe_comparison
+from .sections import run_comparison
 
 __all__ = ["BEGIN", "END", "REPORT_FILE", "Notebook", "NotebookFailed", "execute", "machine", "notebooks", "plots",
-           "preset_dir", "project_root", "recipe_comparison", "relativize_project_paths", "run_report", "settings",
+           "preset_dir", "project_root", "run_comparison", "relativize_project_paths", "run_report", "settings",
            "summary", "training_precision", "update_readme"]

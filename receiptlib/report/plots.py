@@ -65,6 +65,23 @@ def learning_curves(history, *, title: str = "", axes=None):
     return fig
 
 
+def transfer_curves(runs: dict, *, title: str = "val accuracy (known chains)"):
+    """Val accuracy per epoch and against training time of named runs (e.g. ImageNet weights against scratch):
+    {label: run}, each with a runs.Run `history`."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for label, run in runs.items():
+        h = run.history
+        axes[0].plot(h["epoch"], h["val_acc"], marker="o", label=label)
+        axes[1].plot(h["seconds"].cumsum(), h["val_acc"], marker="o", label=label)
+    axes[0].set(xlabel="epoch", ylabel="accuracy", title=title)
+    axes[1].set(xlabel="training time (s, this machine)", ylabel="accuracy", title=f"{title} against time")
+    axes[0].legend()
+    fig.tight_layout()
+    return fig
+
+
 def confusion(matrix, labels, *, title: str = "", ax=None, normalize: bool = True):
     """A confusion matrix as a heatmap (rows: true class, columns: predicted), row-normalised by default."""
     import matplotlib.pyplot as plt

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..common import STN_METHOD_NAMES
+from ..stn import METHOD_NAMES as STN_METHOD_NAMES
 from ..io import read_json, write_text
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -42,8 +42,19 @@ def summary(results_dir: str | Path = "results", *, link_prefix: str = "") -> st
                   f"({', '.join(steps)})."]
     if "03" in found:
         r = found["03"]
-        lines += [f"- **Closed-set accuracy** (val, known chains): {_num(r['val_accuracy'])} after {r['epochs']} epochs "
-                  f"in {_num(r['train_seconds'], 0)} s, weights `{r['weights_source']}`. {nb(r)}, {fig('03_learning_curves')}"]
+        if "test_accuracy" in r:  # val chose the epoch; the figure quoted is test's
+            lines += [f"- **Closed-set accuracy** (test, {r['test_known_photos']} photos of known chains): "
+                      f"{_num(r['test_accuracy'])} (val {_num(r['val_accuracy'])}), `{r['arch']}` after {r['epochs']} "
+                      f"epochs in {_num(r['train_seconds'], 0)} s, weights `{r['weights_source']}`. {nb(r)}, "
+                      f"{fig('03_learning_curves')}"]
+        else:
+            lines += [f"- **Closed-set accuracy** (val, known chains): {_num(r['val_accuracy'])} after {r['epochs']} "
+                      f"epochs in {_num(r['train_seconds'], 0)} s, weights `{r['weights_source']}`. {nb(r)}, "
+                      f"{fig('03_learning_curves')}"]
+        for name, row in (r.get("transfer") or {}).items():
+            lines.append(f"  - {name}: test {_num(row['test_accuracy'])}, val {_num(row['val_accuracy_epoch_1'])} after "
+                         f"epoch 1 and {_num(row['val_accuracy'])} at the end, {_num(row['wall_seconds'], 0)} s "
+                         f"(`{row['arch']}`, {row['image_size']} px)")
     if "04" in found:
         r = found["04"]
         rows = "; ".join(f"{name} {_num(v['macro_f1'])}" for name, v in r["test"].items())

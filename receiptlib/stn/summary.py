@@ -12,11 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..common import STN_METHOD_NAMES
 from .experiment import snapshot_grid
 from .training import MODES
 
-METHOD_NAMES = STN_METHOD_NAMES
+METHOD_NAMES = {"resnet": "ResNet alone", "joint": "joint", "staged": "staged"}  # section VII's methods
 SLICE_NAMES = {"all": "All test photos", "hard": "Hard slice (large rotation or strong perspective)"}
 _METRICS = (("macro_f1", "macro-F1 with Other"), ("accuracy", "closed-set accuracy"))
 _COLOURS = {"resnet": "#4c72b0", "joint": "#dd8452", "staged": "#55a868"}

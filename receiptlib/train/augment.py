@@ -7,6 +7,7 @@ colour matrix per image (`augment_batch`).
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +15,6 @@ import torch.nn.functional as F
 from ..data import IMAGENET_MEAN, IMAGENET_STD
 from .recipe import Recipe
 
-_MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)  # noqa: E305
-_STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def draw_augment(n: int, generator: torch.Generator, recipe: Recipe) -> dict[str, torch.Tensor]:
@@ -66,10 +65,11 @@ def colour_matrices(params: dict[str, torch.Tensor], channel_means: torch.Tensor
     return matrix, offset
 
 
-def augment_batch(images: torch.Tensor, params: dict[str, torch.Tensor], *, out_size: int | None = None) -> torch.Tensor:
+def augment_batch(images: torch.Tensor, params: dict[str, torch.Tensor], *, out_size: int | None = None,
+                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
     """The paper's augmentation, batched: uint8 (N, 3, H, W) images, already resized -> rotated (bilinear,
     black corners, like RandomRotation; with the optional zoom and shift in the same resampling) ->
-    ColorJitter (`colour_matrices`) -> ImageNet-normalised float32 (N, 3, out_size, out_size). About 10x
+    ColorJitter (`colour_matrices`) -> float32 normalised by mean / std (N, 3, out_size, out_size). About 10x
     cheaper than torchvision's per-image ColorJitter."""
     x = images.float()
     n, _, h, w = x.shape
@@ -84,14 +84,17 @@ def augment_batch(images: torch.Tensor, params: dict[str, torch.Tensor], *, out_
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     matrix, offset = colour_matrices(params, x.mean((2, 3)).cpu() / 255)
     # colour map, then clamp to [0, 1] and normalise; 1/255 and the ImageNet std folded into the matrix
-    std, mean = _STD.view(3).to(x.device), _MEAN.view(3).to(x.device)
+    std, mean = torch.tensor(std).to(x.device), torch.tensor(mean).to(x.device)
     x = torch.baddbmm(offset.to(x.device).unsqueeze(2), matrix.to(x.device) / 255, x.view(n, 3, -1))
     x = x.clamp_(0, 1).sub_(mean.view(1, 3, 1)).div_(std.view(1, 3, 1))
     return x.view(n, 3, out, out)
 
 
-def normalize_batch(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> ImageNet-normalised float32: data.eval_transform after its Resize."""
-    return (images.float().div_(255) - _MEAN.to(images.device)) / _STD.to(images.device)
+def normalize_batch(images: torch.Tensor, *, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> normalised float32 (ImageNet's statistics by default): data.eval_transform after
+    its Resize."""
+    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    return (images.float().div_(255) - mean_t.to(images.device)) / std_t.to(images.device)
 
 

@@ -40,6 +40,7 @@ def train(config: TrainConfig, *, run_dir: str | Path | None = None, runs_root: 
     config = replace(config, data_dir=str(Path(config.data_dir).resolve()))
     known = rdata.known_classes(config.data_dir)
     arch = config.arch
+    norm = dict(mean=models.get_architecture(arch).mean, std=models.get_architecture(arch).std)
     dist = setup_dist(config.device)
     device = dist.device
     say = print if (verbose and dist.main) else (lambda *a, **k: None)
@@ -66,6 +67,9 @@ def train(config: TrainConfig, *, run_dir: str | Path | None = None, runs_root: 
             "device": str(device), "amp_dtype": str(dtype).replace("torch.", "") if dtype else "float32",
             "world_size": dist.world, "workers": config.workers, "max_train_images": config.max_train_images,
             "classes": known + [OTHER], "train_config": asdict(config), "identity": identity,
+            # what every consumer (evaluation, predict, ONNX export) feeds the model: runs.Run.preprocessing
+            "preprocessing": {"image_size": recipe.image_size, "resize": "bilinear to image_size x image_size",
+                              "mean": list(norm["mean"]), "std": list(norm["std"])},
             "torch_version": torch.__version__,
         }
         if dist.main:
@@ -87,12 +91,12 @@ def train(config: TrainConfig, *, run_dir: str | Path | None = None, runs_root: 
         subset = subset_indices(n_train_all, config.max_train_images, config.seed)
         if recipe.pipeline == "cached":
             source = CachedTrain(CachedImages(config.data_dir, "train", known, recipe.image_size,
-                                              workers=config.workers, indices=subset), recipe, config.seed, device)
+                                              workers=config.workers, indices=subset, **norm), recipe, config.seed, device)
         else:
-            source = PerImageTrain(config.data_dir, known, recipe, config.seed, config.workers, subset)
+            source = PerImageTrain(config.data_dir, known, recipe, config.seed, config.workers, subset, **norm)
         val = None
         if dist.main and (Path(config.data_dir) / "val").is_dir():
-            val = CachedImages(config.data_dir, "val", known, recipe.image_size, workers=config.workers)
+            val = CachedImages(config.data_dir, "val", known, recipe.image_size, workers=config.workers, **norm)
         decode_seconds = time.perf_counter() - t_data
         say(f"[train] {run_dir.name}: {len(source)} train images, {len(val) if val else 0} val images, "
             f"{len(known)} classes, {recipe.name} recipe at {recipe.image_size} px, {device}, "
@@ -152,7 +156,7 @@ def train(config: TrainConfig, *, run_dir: str | Path | None = None, runs_root: 
             dist.barrier()
 
         if dist.main:
-            _finalize(run_dir, model, config, recipe, known, val, device, arch, decode_seconds)
+            _finalize(run_dir, model, config, recipe, known, val, device, arch, decode_seconds, norm)
         dist.barrier()
     finally:
         if dist.owns_group:
@@ -177,7 +181,7 @@ def write_outputs(run_dir: str | Path, split: str, logits, features, labels, pat
 
 
 def _finalize(run_dir: Path, model: nn.Module, config: TrainConfig, recipe: Recipe, known: list[str],
-              val: CachedImages | None, device: torch.device, arch: str, decode_seconds: float) -> None:
+              val: CachedImages | None, device: torch.device, arch: str, decode_seconds: float, norm: dict) -> None:
     """Outputs of the best checkpoint on val and test (all images, Other included), then metrics.json.
 
     Outputs are computed in float32 (whatever the training precision) so that the open-set thresholds
@@ -192,7 +196,7 @@ def _finalize(run_dir: Path, model: nn.Module, config: TrainConfig, recipe: Reci
         if not (Path(config.data_dir) / split).is_dir():
             continue
         images = val if split == "val" and val is not None else CachedImages(
-            config.data_dir, split, known, recipe.image_size, workers=config.workers)
+            config.data_dir, split, known, recipe.image_size, workers=config.workers, **norm)
         out = evaluate(bare, criterion, images.batches(batch_size=recipe.eval_batch_size), device,
                        channels_last=recipe.channels_last, keep_outputs=True)
         write_outputs(run_dir, split, out["logits"], out["features"], out["labels"], images.paths)
@@ -203,4 +207,7 @@ def _finalize(run_dir: Path, model: nn.Module, config: TrainConfig, recipe: Reci
     if (run_dir / "outputs" / "val_logits.npy").exists():
         closed = rruns.closed_set_metrics(rruns.Run(run_dir).outputs("val"), known)
         metrics.update(val_accuracy=closed.pop("accuracy"), **closed)
+    if (run_dir / "outputs" / "test_logits.npy").exists():  # the honest figure: val chose the epoch
+        test = rruns.closed_set_metrics(rruns.Run(run_dir).outputs("test"), known)
+        metrics.update(test_accuracy=test["accuracy"], test_n_known=test["n_known"])
     write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished

@@ -28,11 +28,10 @@ def batch_plan(n: int, batch_size: int, seed: int, epoch: int, *, rank: int = 0,
     return batches
 
 
-
 def amp_dtype(recipe_amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a recipe's `amp` on `device` (None: float32). "auto" on a CPU means bf16 only
     where the CPU has bf16 in hardware (common.native_bf16); emulated bf16 is many times slower than fp32."""
-    if recipe_amp == "none":
+    if recipe_amp == "none" or (recipe_amp == "cuda" and device.type != "cuda"):
         return None
     if recipe_amp == "bf16":
         return torch.bfloat16
@@ -130,10 +129,18 @@ def make_optimizer(params, recipe: Recipe, *, sgd: type = torch.optim.SGD,
                    adamw: type = torch.optim.AdamW) -> torch.optim.Optimizer:
     """SGD with momentum (the paper) or AdamW; no weight decay on BatchNorm weights and biases.
 
-    params: a module (its trainable parameters), or parameter groups (dicts; their other entries, such as a
-    per-group lr, are kept) or tensors. sgd / adamw: the classes to build, e.g. stn's gradient-clipping ones.
+    params: a module (its trainable parameters; with `recipe.backbone_lr_mult` != 1 its final linear layer at
+    lr and every other layer at lr x backbone_lr_mult, the fine-tuning split), or parameter groups (dicts; their
+    other entries, such as a per-group lr, are kept) or tensors. sgd / adamw: the classes to build, e.g. stn's
+    gradient-clipping ones.
     """
-    if isinstance(params, nn.Module):
+    if isinstance(params, nn.Module) and recipe.backbone_lr_mult != 1.0:
+        head = {id(p) for p in models.classifier_head(params).parameters()}
+        trainable = [p for p in params.parameters() if p.requires_grad]
+        params = [{"params": [p for p in trainable if id(p) not in head], "lr": recipe.lr * recipe.backbone_lr_mult,
+                   "name": "backbone"},
+                  {"params": [p for p in trainable if id(p) in head], "lr": recipe.lr, "name": "head"}]
+    elif isinstance(params, nn.Module):
         params = [p for p in params.parameters() if p.requires_grad]
     groups = list(params)
     if not groups or not isinstance(groups[0], dict):

@@ -26,6 +26,7 @@ class Recipe:
     batch_size: int = 32         # global batch (split across processes under torchrun); more steps per epoch than 64
     optimizer: str = "adamw"     # "sgd" (the paper) or "adamw", which gets going far sooner from scratch
     lr: float = 0.002            # peak learning rate after warm-up
+    backbone_lr_mult: float = 1.0  # fine-tuning: every layer but the new head at lr x this (1: one rate for all)
     momentum: float = 0.9        # SGD momentum (the paper); AdamW's beta1
     nesterov: bool = True        # free improvement for short schedules
     weight_decay: float = 0.05   # decoupled (AdamW); for SGD a coupled 5e-5 would be the equivalent
@@ -41,7 +42,7 @@ class Recipe:
     saturation: float = 0.2
     hue: float = 0.05
     amp: str = "auto"            # "auto": bf16 autocast where the hardware has bf16 (else fp32), bf16/fp16 on CUDA;
-                                 # "none": float32; "bf16"/"fp16": always
+                                 # "cuda": autocast on CUDA only, fp32 on a CPU; "none": float32; "bf16"/"fp16": always
     channels_last: bool = True   # faster convolutions on CPU (docs/decisions.md: channels_last)
     pipeline: str = "cached"     # "cached": decode once, batched tensor augmentation; "per_image": torchvision in workers
     ema_decay: float = 0.99      # > 0: evaluate and save an EMA of the weights and BatchNorm statistics (steadier
@@ -51,7 +52,7 @@ class Recipe:
     def __post_init__(self):
         checks = {
             "schedule": (self.schedule, ("warmup_cosine", "exponential")),
-            "amp": (self.amp, ("auto", "none", "bf16", "fp16")),
+            "amp": (self.amp, ("auto", "cuda", "none", "bf16", "fp16")),
             "pipeline": (self.pipeline, ("cached", "per_image")),
             "optimizer": (self.optimizer, ("sgd", "adamw")),
         }
@@ -63,6 +64,8 @@ class Recipe:
                 raise ValueError(f"recipe {self.name!r}: {key}={getattr(self, key)!r}, expected a positive integer")
         if not self.lr > 0:
             raise ValueError(f"recipe {self.name!r}: lr={self.lr}, expected > 0")
+        if not self.backbone_lr_mult >= 0:
+            raise ValueError(f"recipe {self.name!r}: backbone_lr_mult={self.backbone_lr_mult}, expected >= 0")
         if self.zoom < 0 or not 0 <= self.shift <= 0.5:
             raise ValueError(f"recipe {self.name!r}: zoom={self.zoom}, shift={self.shift}; expected zoom >= 0, 0 <= shift <= 0.5")
         if self.pipeline == "per_image" and (self.zoom or self.shift):
@@ -82,6 +85,12 @@ RECIPES: dict[str, Recipe] = {
                     rotation=30.0, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, ema_decay=0.0,
                     amp="none", channels_last=False, pipeline="per_image", eval_batch_size=32),
     "fast": Recipe(),
+    # The paper's idea with a recipe of ours: an ImageNet-pretrained backbone, every layer fine-tuned at one rate
+    # (AdamW, short warm-up, cosine), plain cross-entropy, rotation +-45, 160 px, fp32 on a CPU (depthwise
+    # convolutions run slower in bf16 there). Measurements: docs/decisions.md (fine-tuning recipe).
+    "finetune": Recipe(name="finetune", epochs=4, image_size=160, batch_size=32, optimizer="adamw", lr=0.001,
+                       weight_decay=0.01, warmup_epochs=0.3, label_smoothing=0.0, rotation=45.0, ema_decay=0.0,
+                       amp="cuda"),
 }
 
 
@@ -106,7 +115,7 @@ class TrainConfig:
     image_size: int | None = None      # None: the recipe's
     batch_size: int | None = None      # None: the recipe's
     lr: float | None = None            # None: the recipe's
-    arch: str = models.DEFAULT_ARCH    # a name in models.ARCHITECTURES
+    arch: str = models.ARCH    # a name in models.ARCHITECTURES
     weights: str = "auto"              # "auto" | "none" | "imagenet" | path (see models.resnet18)
     seed: int = 0
     device: str = "auto"               # does not enter the run's identity (same run on CPU or CUDA)

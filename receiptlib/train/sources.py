@@ -3,7 +3,7 @@ augmentation in DataLoader workers (the paper's pipeline). Both draw everything 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -18,8 +18,6 @@ def subset_indices(n: int, k: int | None, seed: int) -> list[int] | None:
     if k is None or k >= n:
         return None
     return sorted(torch.randperm(n, generator=stream_generator(seed, 0, SUBSET))[:k].tolist())
-
-
 
 
 class _ResizeToUint8:
@@ -37,10 +35,13 @@ class _ResizeToUint8:
 
 
 class CachedImages:
-    """All images of one split decoded once, resized to `size` x `size`, as a uint8 (N, 3, S, S) tensor."""
+    """All images of one split decoded once, resized to `size` x `size`, as a uint8 (N, 3, S, S) tensor;
+    `mean` / `std` normalise its batches (the backbone's: models.Architecture)."""
 
     def __init__(self, data_dir: str | Path, split: str, classes: list[str], size: int, *, workers: int = 2,
-                 indices: list[int] | None = None):
+                 indices: list[int] | None = None, mean: Sequence[float] = rdata.IMAGENET_MEAN,
+                 std: Sequence[float] = rdata.IMAGENET_STD):
+        self.mean, self.std = tuple(mean), tuple(std)
         ds = rdata.ReceiptFolder(data_dir, split, classes=classes, transform=_ResizeToUint8(size))
         if indices is not None:
             ds.keep(indices)
@@ -58,7 +59,7 @@ class CachedImages:
         """Normalised evaluation batches (no augmentation) over `indices` (default: all)."""
         idx = torch.arange(len(self)) if indices is None else indices
         for b in idx.split(batch_size):
-            yield normalize_batch(self.images[b]), self.labels[b]
+            yield normalize_batch(self.images[b], mean=self.mean, std=self.std), self.labels[b]
 
 
 class CachedTrain:
@@ -74,16 +75,18 @@ class CachedTrain:
         params = draw_augment(len(self.cache), stream_generator(self.seed, epoch, AUGMENT), self.recipe)
         for b in plan:
             images = self.cache.images[b].to(self.device, non_blocking=True)  # augment on the GPU if any
-            yield augment_batch(images, {k: v[b] for k, v in params.items()}), self.cache.labels[b]
+            yield (augment_batch(images, {k: v[b] for k, v in params.items()}, mean=self.cache.mean, std=self.cache.std),
+                   self.cache.labels[b])
 
 
 class PerImageTrain:
     """The paper pipeline: torchvision's per-image augmentation (data.train_transform) in DataLoader workers."""
 
-    def __init__(self, data_dir, classes, recipe: Recipe, seed: int, workers: int, indices: list[int] | None = None):
+    def __init__(self, data_dir, classes, recipe: Recipe, seed: int, workers: int, indices: list[int] | None = None, *,
+                 mean: Sequence[float] = rdata.IMAGENET_MEAN, std: Sequence[float] = rdata.IMAGENET_STD):
         jitter = rdata.Jitter(recipe.brightness, recipe.contrast, recipe.saturation, recipe.hue)
         self.dataset = rdata.ReceiptFolder(data_dir, "train", classes=classes, transform=rdata.train_transform(
-            image_size=recipe.image_size, rotation=recipe.rotation, jitter=jitter))
+            image_size=recipe.image_size, rotation=recipe.rotation, jitter=jitter, mean=mean, std=std))
         if indices is not None:
             self.dataset.keep(indices)
         self.labels = torch.as_tensor(self.dataset.targets, dtype=torch.long)
@@ -101,5 +104,3 @@ class PerImageTrain:
                 f = failures[0]
                 raise rdata.ImageReadError(f.path, f.error[len(f.path) + 2:])
             yield x, y
-
-
