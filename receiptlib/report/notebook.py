@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,8 +91,9 @@ def map_strings(value, change, *, keep=lambda key: False):
 def relative_paths(value):
     """Absolute paths inside the project, anywhere in a results document, made relative to the project root:
     results do not name the folder of the checkout that produced them."""
-    prefix = str(project_root()) + os.sep
-    return map_strings(value, lambda s: shown_path(s) if s.startswith(prefix) else s)
+    # at a path's start, also inside a string ("imagenet:/…/weights.pth"), as relativize_project_paths does
+    prefix = re.compile(r"(?<![\w./-])" + re.escape(str(project_root()) + os.sep))
+    return map_strings(value, lambda s: prefix.sub("", s))
 
 
 @dataclass

@@ -11,6 +11,12 @@ REPORT_FILE = "report.json"  # the runner's own timings (results/NN_*.json are t
 STN_SLICES = {"all": "all test photos", "hard": "hard slice"}
 
 
+def _weights(source: str) -> str:
+    """A weights source as the README shows it: its kind and the file's name, not the folder it sat in."""
+    kind, _, path = str(source).partition(":")
+    return f"{kind} ({Path(path).name})" if kind in ("imagenet", "path") and path else str(source)
+
+
 def _num(x, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
@@ -45,11 +51,11 @@ def summary(results_dir: str | Path = "results", *, link_prefix: str = "") -> st
         if "test_accuracy" in r:  # val chose the epoch; the figure quoted is test's
             lines += [f"- **Closed-set accuracy** (test, {r['test_known_photos']} photos of known chains): "
                       f"{_num(r['test_accuracy'])} (val {_num(r['val_accuracy'])}), `{r['arch']}` after {r['epochs']} "
-                      f"epochs in {_num(r['train_seconds'], 0)} s, weights `{r['weights_source']}`. {nb(r)}, "
+                      f"epochs in {_num(r['train_seconds'], 0)} s, weights `{_weights(r['weights_source'])}`. {nb(r)}, "
                       f"{fig('03_learning_curves')}"]
         else:
             lines += [f"- **Closed-set accuracy** (val, known chains): {_num(r['val_accuracy'])} after {r['epochs']} "
-                      f"epochs in {_num(r['train_seconds'], 0)} s, weights `{r['weights_source']}`. {nb(r)}, "
+                      f"epochs in {_num(r['train_seconds'], 0)} s, weights `{_weights(r['weights_source'])}`. {nb(r)}, "
                       f"{fig('03_learning_curves')}"]
         for name, row in (r.get("transfer") or {}).items():
             lines.append(f"  - {name}: test {_num(row['test_accuracy'])}, val {_num(row['val_accuracy_epoch_1'])} after "

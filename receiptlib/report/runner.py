@@ -31,9 +31,11 @@ def machine() -> str:
     return text
 
 
-def training_precision() -> str:
-    """What the fast recipe trains in here (train.amp_dtype of "auto"): the report's speed depends on it."""
-    dtype = train.amp_dtype("auto", pick_device("auto"))
+def training_precision(preset: str = presets.REPORT_PRESET) -> str:
+    """What the preset's training recipe trains in here (train.amp_dtype of its `amp`): the report's speed
+    depends on it."""
+    recipe = train.get_recipe(presets.get(preset).train.get("recipe", "fast"))
+    dtype = train.amp_dtype(recipe.amp, pick_device("auto"))
     return f"training in {str(dtype).replace('torch.', '') if dtype is not None else 'float32'}"
 
 
@@ -132,7 +134,7 @@ def run_report(*, preset: str = presets.REPORT_PRESET, seed: int = 0, only: list
     if only is None:  # the whole report: how long it took, and where (README's "Quick start" cites it)
         results_dir.mkdir(parents=True, exist_ok=True)
         write_json(results_dir / REPORT_FILE, {
-            "meta": {"preset": preset, "seed": seed, "machine": machine(), "precision": training_precision(),
+            "meta": {"preset": preset, "seed": seed, "machine": machine(), "precision": training_precision(preset),
                      "date": time.strftime("%Y-%m-%d")},
             "data_seconds": data_seconds, "notebooks": timings, "total_seconds": round(total, 1),
             "total_minutes": max(1, round(total / 60))})
