@@ -16,6 +16,7 @@ import dataclasses
 import os
 import sys
 import time
+import types
 import typing
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from pathlib import Path
 def _flag_type(hint):
     """(argparse type, nargs) for a dataclass field's type hint: int, float, str, bool, X | None, tuple[X, ...]."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
         hint = args[0]
     if typing.get_origin(hint) is tuple:
         inner = typing.get_args(hint)

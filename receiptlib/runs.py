@@ -156,19 +156,12 @@ class Run:
         return int((self.config.get("recipe") or {}).get("image_size") or self.config.get("image_size") or 224)
 
     @property
-    def preprocessing(self) -> dict:
-        """What the model expects: {"image_size", "mean", "std"} (config.json's; runs from before it was
-        recorded used ImageNet's statistics)."""
-        pre = self.config.get("preprocessing") or {}
-        arch = models.get_architecture(self.arch, where=str(self.path))
-        return {"image_size": int(pre.get("image_size", self.image_size)),
-                "mean": tuple(pre.get("mean", arch.mean)), "std": tuple(pre.get("std", arch.std))}
-
-    @property
     def normalization(self) -> dict:
-        """``{"mean": ..., "std": ...}`` of `preprocessing`: keyword arguments of data.eval_transform and friends."""
-        pre = self.preprocessing
-        return {"mean": pre["mean"], "std": pre["std"]}
+        """``{"mean": ..., "std": ...}`` the model was trained with: keyword arguments of data.eval_transform and
+        friends (config.json's preprocessing; its architecture's statistics for runs from before it was recorded)."""
+        pre = self.config.get("preprocessing") or {}
+        arch = models.get_architecture(self.arch, where=str(self.path)).normalization
+        return {k: tuple(pre.get(k, arch[k])) for k in ("mean", "std")}
 
     @property
     def finished(self) -> bool:

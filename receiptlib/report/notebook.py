@@ -88,11 +88,16 @@ def map_strings(value, change, *, keep=lambda key: False):
     return change(value) if isinstance(value, str) else value
 
 
+def project_prefix(root: str | Path | None = None) -> re.Pattern:
+    """The project root followed by a separator, at a path's start: also inside a string
+    ("imagenet:/…/weights.pth"), never in the middle of another path."""
+    return re.compile(r"(?<![\w./-])" + re.escape(str(Path(root).resolve() if root else project_root()) + os.sep))
+
+
 def relative_paths(value):
     """Absolute paths inside the project, anywhere in a results document, made relative to the project root:
     results do not name the folder of the checkout that produced them."""
-    # at a path's start, also inside a string ("imagenet:/…/weights.pth"), as relativize_project_paths does
-    prefix = re.compile(r"(?<![\w./-])" + re.escape(str(project_root()) + os.sep))
+    prefix = project_prefix()
     return map_strings(value, lambda s: prefix.sub("", s))
 
 

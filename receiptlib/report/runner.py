@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 from .. import presets, synth, timing, train
 from ..common import pick_device
 from ..io import write_json, write_text
-from .notebook import map_strings, preset_dir, project_root
+from .notebook import map_strings, preset_dir, project_prefix, project_root
 from .readme import BEGIN, REPORT_FILE, update_readme
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
@@ -81,7 +80,7 @@ def relativize_project_paths(notebook: str | Path, root: str | Path) -> None:
     do not name the checkout that produced them. Code cells stay as written, images are not touched, and
     the file keeps nbformat's layout. POSIX paths: on Windows the JSON-escaped backslashes do not match."""
     notebook = Path(notebook)
-    prefix = re.compile(r"(?<![\w./-])" + re.escape(str(Path(root).resolve()) + os.sep))  # at a path's start
+    prefix = project_prefix(root)
     doc = json.loads(notebook.read_text(encoding="utf-8"))
     stripped = map_strings(doc, lambda s: prefix.sub("", s),
                            keep=lambda key: key in ("source", "attachments") or key.startswith("image/"))

@@ -40,7 +40,7 @@ def train(config: TrainConfig, *, run_dir: str | Path | None = None, runs_root: 
     config = replace(config, data_dir=str(Path(config.data_dir).resolve()))
     known = rdata.known_classes(config.data_dir)
     arch = config.arch
-    norm = dict(mean=models.get_architecture(arch).mean, std=models.get_architecture(arch).std)
+    norm = models.get_architecture(arch).normalization
     dist = setup_dist(config.device)
     device = dist.device
     say = print if (verbose and dist.main) else (lambda *a, **k: None)
@@ -67,7 +67,7 @@ def train(config: TrainConfig, *, run_dir: str | Path | None = None, runs_root: 
             "device": str(device), "amp_dtype": str(dtype).replace("torch.", "") if dtype else "float32",
             "world_size": dist.world, "workers": config.workers, "max_train_images": config.max_train_images,
             "classes": known + [OTHER], "train_config": asdict(config), "identity": identity,
-            # what every consumer (evaluation, predict, ONNX export) feeds the model: runs.Run.preprocessing
+            # what every consumer (evaluation, predict, ONNX export) feeds the model: Run.image_size, Run.normalization
             "preprocessing": {"image_size": recipe.image_size, "resize": "bilinear to image_size x image_size",
                               "mean": list(norm["mean"]), "std": list(norm["std"])},
             "torch_version": torch.__version__,
