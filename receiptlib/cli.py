@@ -201,11 +201,16 @@ def _report(args) -> int:
     return 0
 
 
+def _run_dir(args) -> Path:
+    """--run as a folder: a path to one, or a name under --runs-root."""
+    path = Path(args.run)
+    return path if path.is_dir() else Path(args.runs_root) / args.run
+
+
 def _run(args):
     from . import runs
 
-    path = Path(args.run)
-    return runs.Run(path if path.is_dir() else Path(args.runs_root) / args.run)
+    return runs.Run(_run_dir(args))
 
 
 def _fit_other(args) -> int:
@@ -254,34 +259,76 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
-    from . import data, openset, predict
+    # torch-free on the ONNX backends: predict, openset and serving import neither torch nor torchvision
+    from . import openset, predict, serving
+    from .common import OTHER, process_seconds
+    from .io import read_json
 
-    run = _run(args)
-    model = _inference_model(run, args.backend, args.device)
+    say = (lambda line: print(line, file=sys.stderr)) if args.verbose else (lambda line: None)
+    imported = process_seconds()
+    run_dir = _run_dir(args)
+    if not (run_dir / "classes.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no classes.json); train one with `receiptlib train`")
+    run_classes = read_json(run_dir / "classes.json")
+    backend = args.backend
+    choice_file = run_dir / "fast" / "choice.json"
+    if backend == "auto" and choice_file.is_file():
+        backend, why = read_json(choice_file)["backend"], f"the run's fast choice, {choice_file}"
+    elif backend == "auto":
+        backend, why = serving.REFERENCE, f"no {choice_file}; `receiptlib build-fast --run {run_dir.name}` makes one"
+    else:
+        why = "forced"
+    model = None
+    if backend in serving.ONNX_FILES:
+        try:
+            model = serving.OnnxPredictor(run_dir / "fast" / serving.ONNX_FILES[backend], backend=backend,
+                                          threads=args.threads, device=args.device, spinning=args.workers == 0)
+        except serving.BackendUnavailable as exc:
+            if args.backend != "auto":
+                raise
+            print(f"predict: {exc}; using {serving.REFERENCE}", file=sys.stderr)
+            backend, why = serving.REFERENCE, "the fast choice cannot run here"
+    if model is not None:
+        if model.card is None:
+            raise ValueError(f"{model.path} carries no model card (exported by an older receiptlib); rebuild it "
+                             f"with `receiptlib build-fast --run {run_dir}`")
+        classes, preprocessing = model.card.classes, model.card.preprocessing
+        if classes + [OTHER] != list(run_classes):
+            raise ValueError(f"{model.path} was exported for classes {classes}, but {run_dir}/classes.json lists "
+                             f"{run_classes}; rebuild it with `receiptlib build-fast --run {run_dir}`")
+    else:
+        from . import runs  # the torch backends
+
+        run = runs.Run(run_dir)
+        model = _inference_model(run, backend, args.device, args.threads, saved=args.backend == "auto")
+        classes, preprocessing = run.known_classes, run.preprocessing
+    print(f"backend: {getattr(model, 'backend', backend)} ({why})", file=sys.stderr)
     other_fn = None
     if args.thresholds:
-        other_fn = openset.as_decision(openset.load_thresholds(args.thresholds, classes=run.classes)).other
-    transform = data.eval_transform(image_size=run.image_size, **run.normalization)
-    return predict.predict_to_file(args.paths, model=model, classes=run.known_classes, transform=transform, out=args.out,
-                                   format=args.format, other_fn=other_fn, batch_size=args.batch_size, workers=args.workers,
-                                   device=args.device, recursive=not args.no_recursive, strict=args.strict)
+        other_fn = openset.as_decision(openset.load_thresholds(args.thresholds, classes=run_classes)).other
+    ready = process_seconds()
+    say(f"start-up: {ready:.2f} s (imports {imported:.2f} s, model load {ready - imported:.2f} s)")
+    timings: dict = {}
+    code = predict.predict_to_file(args.paths, model=model, classes=classes, preprocessing=preprocessing, out=args.out,
+                                   format=args.format, other_fn=other_fn, batch_size=args.batch_size,
+                                   workers=args.workers, device=args.device, recursive=not args.no_recursive,
+                                   strict=args.strict, timings=timings)
+    say(f"{timings['photos']} photos in {timings['seconds']:.2f} s ({timings['photos'] / max(timings['seconds'], 1e-9):.0f}/s): "
+        f"decoding {timings['decode_seconds']:.2f} s over {args.workers or 1} thread(s), model {timings['model_seconds']:.2f} s; "
+        f"total {process_seconds():.2f} s")
+    return code
 
 
-def _inference_model(run, backend: str, device: str):
-    """`--backend auto`: the fastest setting that agrees with fp32 on val (run/fast/choice.json, made by
-    `receiptlib build-fast`), else fp32 PyTorch. Any other value forces that backend. The choice is printed."""
+def _inference_model(run, backend: str, device: str, threads: int | None = None, *, saved: bool = False):
+    """A torch backend of the run: fp32 PyTorch from its artefact, or a torch-* fast setting; ``saved``: the
+    run's own fast choice (`receiptlib build-fast`), which falls back to fp32 with a warning where it cannot
+    run, while a backend forced by name raises."""
     from . import fast
 
-    choice_file = run.path / "fast" / fast.CHOICE_FILE
-    if backend == "torch-fp32" or (backend == "auto" and not choice_file.is_file()):
-        why = "forced" if backend != "auto" else f"no {choice_file}; `receiptlib build-fast --run {run.name}` makes one"
-        print(f"backend: torch-fp32 ({why})", file=sys.stderr)
+    if backend == "torch-fp32":
         return run.load_model(device=device)
     # fast_predictor reads the saved choice itself when backend is None
-    predictor = fast.fast_predictor(run, backend=None if backend == "auto" else backend, device=device, build=False)
-    why = f"the run's fast choice, {choice_file}" if backend == "auto" else "forced"
-    print(f"backend: {predictor.backend} ({why})", file=sys.stderr)
-    return predictor
+    return fast.fast_predictor(run, backend=None if saved else backend, threads=threads, device=device, build=False)
 
 
 def _build_fast(args) -> int:
@@ -293,8 +340,18 @@ def _build_fast(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+VERBS = ("synth", "train", "evaluate", "fit-other", "predict", "build-fast", "bench", "report")
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """Every verb's parser; with ``verb``, the flags of the other verbs whose defaults need heavy imports
+    (train's and bench's read torch-side configuration) are left out, so `receiptlib predict` on an ONNX
+    backend never imports torch."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    def wanted(name: str) -> bool:
+        return verb is None or verb == name
+
     parser = argparse.ArgumentParser(prog="receiptlib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -306,11 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     p.set_defaults(func=_synth)
 
-    from .fast import BACKENDS
+    from .serving import BACKENDS, cpu_count
+    from .predict import BATCH_SIZE, WORKERS
 
     p = sub.add_parser("train", help="train a model on a folder data set (also under torchrun)", formatter_class=fmt)
-    train_fields = add_train_arguments(p)
-    p.set_defaults(func=lambda args: _train(args, train_fields))
+    if wanted("train"):
+        train_fields = add_train_arguments(p)
+        p.set_defaults(func=lambda args: _train(args, train_fields))
 
     def run_flags(p):
         p.add_argument("--run", required=True, help="a run name under --runs-root, or a run folder")
@@ -341,13 +400,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="preds.csv", help="output file; '-' for stdout")
     p.add_argument("--format", choices=("csv", "mozgalo"), default="csv",
                    help="csv: one row per input; mozgalo: one label per line ordered by the file names' numeric ids")
-    p.add_argument("--batch-size", type=int, default=32, help="photos per forward pass")
-    p.add_argument("--workers", type=int, default=0, help="loader processes")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="photos per forward pass")
+    p.add_argument("--workers", type=int, default=WORKERS, help="threads decoding photos ahead of the model; 0: none")
+    p.add_argument("--threads", type=int, default=None, help=f"ONNX Runtime threads (default: the cores, {cpu_count()})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                    help="auto: the run's fast choice (receiptlib build-fast) if made, else torch-fp32")
     p.add_argument("--no-recursive", action="store_true", help="do not descend into subfolders")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any input failed")
+    p.add_argument("--verbose", action="store_true", help="print start-up (imports, model load) and throughput")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("build-fast", help="export to ONNX, quantize, and pick the fastest setting that agrees with fp32 on val",
@@ -361,8 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time inference per backend and precision beside the machine's ceiling (section VIII)",
                        formatter_class=fmt)
-    add_bench_arguments(p)
-    p.set_defaults(func=bench_command)
+    if wanted("bench"):
+        add_bench_arguments(p)
+        p.set_defaults(func=bench_command)
 
     p = sub.add_parser("report", help="generate the data and execute notebooks/NN_*.ipynb in order", formatter_class=fmt)
     p.add_argument("--preset", default="quick", help="data and training preset passed to every notebook: tiny, quick, hard, paper")
@@ -376,7 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(verb if verb in VERBS else None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:

@@ -8,7 +8,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
@@ -16,6 +16,21 @@ OTHER = "Other"  # reserved class name: unknown chains; its label index is len(k
 SPLITS = ("train", "val", "test")  # the folders of a data set, in this order everywhere
 
 T = TypeVar("T")
+
+
+def as_known_classes(classes: Sequence[str]) -> list[str]:
+    """The known classes of a class list, checked; a saved list with ``Other`` last is accepted."""
+    known = list(classes)
+    if known and known[-1] == OTHER:  # accept a saved class_names list too
+        known = known[:-1]
+    if OTHER in known:
+        raise ValueError(f"classes: '{OTHER}' may only appear last (it is the reserved label len(known))")
+    if len(set(known)) != len(known):
+        dup = sorted({c for c in known if known.count(c) > 1})
+        raise ValueError(f"classes: duplicate names {dup}")
+    if not known:
+        raise ValueError("classes: empty list of known classes")
+    return known
 
 
 def pick_device(device: str = "auto"):
@@ -95,6 +110,21 @@ def median_seconds(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 
         sync()
         times.append(time.perf_counter() - t)
     return float(np.median(times))
+
+
+_IMPORTED_AT = time.perf_counter()
+
+
+def process_seconds() -> float:
+    """Seconds since this process started (interpreter start-up and imports included), from /proc on Linux;
+    elsewhere since this module was imported."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time in clock ticks after boot
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - started)
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED_AT
 
 
 # ----------------------------------------------------------------------------------------------

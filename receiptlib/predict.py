@@ -1,40 +1,53 @@
 """Batch prediction over files and folders, with an error row per unreadable input; CSV and Mozgalo writers.
 
-Model-agnostic: ``model(x)`` returns the logits of the known classes, and an optional
-``other_fn(logits) -> (is_other, other_score)`` decides Other (a detector of ``receiptlib.openset`` as
-``openset.as_decision(detector).other``, e.g. from a thresholds file). Without it the label is the argmax and ``other_score = -max_logit`` (higher means
-more likely Other, as the paper's max-logit rule of section VI).
+Model-agnostic and torch-free: ``model(x)`` maps a (N, 3, H, W) float32 numpy batch to the logits of the
+known classes (an `serving.OnnxPredictor`, a `fast` predictor, or a torch module, which is wrapped); photos
+are prepared by ``preprocessing`` (`photos.Preprocessing`: the run's or the model card's input rule). An
+optional ``other_fn(logits) -> (is_other, other_score)`` decides Other (a detector of ``receiptlib.openset``
+as ``openset.as_decision(detector).other``, e.g. from a thresholds file). Without it the label is the
+argmax and ``other_score = -max_logit`` (higher means more likely Other, as the paper's max-logit rule of
+section VI).
 
 Every input appears exactly once in the result: a folder expands to its image files, a file given by
 name is taken whatever its extension, and a path that does not exist, a folder without images or an
 unreadable image gets a row with an empty label and the error message. Bad files never stop the batch.
+
+Decoding runs in ``workers`` threads ahead of the model (JPEG draft decoding, resizing and ONNX Runtime all
+release the GIL, so photos of the next batch decode while the model runs this one); ``workers=0`` decodes
+in the calling thread.
 """
 from __future__ import annotations
 
 import re
 import sys
+import time
 import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from . import io
-from .common import OTHER, pick_device, progress
-from .data import PathDataset, as_known_classes, image_files, is_image_file, make_loader
+from .common import OTHER, as_known_classes, pick_device, progress
+from .photos import ImageReadError, Preprocessing, image_files
 
 COLUMNS = ["path", "label", "other_score", "top1", "top1_logit", "top2", "top2_logit", "top3", "top3_logit", "error"]
 TOP_K = 3
+BATCH_SIZE = 16
+WORKERS = 1  # decoding threads beside the model; measured on 2 cores in docs/decisions.md
+AHEAD = 2    # batches decoded ahead of the model: bounded memory on a folder of any size
 
 
 def expand_inputs(paths: Sequence[str | Path], *, recursive: bool = True) -> list[tuple[str, str]]:
     """Turn the command-line inputs into ``(path, error)`` rows, ``error == ""`` for a file to read.
 
-    Folders expand to their image files (by extension, recursively unless ``recursive=False``, sorted by
-    relative path; hidden files skipped). A file named explicitly is kept whatever its extension. A file
-    reached twice (named and inside a named folder) is kept once, at its first place.
+    Folders expand to their image files (by extension, recursively unless ``recursive=False``, symlinked
+    folders included, sorted by relative path; hidden files skipped; `photos.image_files`). A file named
+    explicitly is kept whatever its extension. A file reached twice (named and inside a named folder) is
+    kept once, at its first place.
     """
     rows: list[tuple[str, str]] = []
     seen: set[Path] = set()
@@ -49,10 +62,7 @@ def expand_inputs(paths: Sequence[str | Path], *, recursive: bool = True) -> lis
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            if recursive:
-                files = image_files(p)
-            else:
-                files = sorted((f for f in p.iterdir() if f.is_file() and is_image_file(f)), key=lambda f: f.name)
+            files = image_files(p, recursive=recursive)
             if not files:
                 add(p, f"{p}: folder contains no image files"
                        + ("" if recursive else " (not searched recursively)"))
@@ -65,18 +75,25 @@ def expand_inputs(paths: Sequence[str | Path], *, recursive: bool = True) -> lis
     return rows
 
 
-def predict_paths(paths: Sequence[str | Path], *, model: Callable, classes: Sequence[str], transform: Callable,
+def predict_paths(paths: Sequence[str | Path], *, model: Callable, classes: Sequence[str],
+                  preprocessing: Preprocessing | Callable[[str], np.ndarray],
                   other_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
-                  batch_size: int = 32, workers: int = 0, device: str = "auto",
-                  recursive: bool = True) -> pd.DataFrame:
+                  batch_size: int = BATCH_SIZE, workers: int = WORKERS, device: str = "auto",
+                  recursive: bool = True, timings: dict | None = None) -> pd.DataFrame:
     """Predict every image under ``paths``; one row per input (see ``COLUMNS``), in input order.
 
-    ``classes``: the known classes (a saved list with ``Other`` last is accepted). ``transform``: the
-    evaluation transform of the model (e.g. ``data.eval_transform(image_size=...)``).
-    ``model``: a torch module or any callable mapping a (N, 3, H, W) batch to (N, len(classes)) logits;
-    modules are put in eval mode and moved to ``device``.
+    ``classes``: the known classes (a saved list with ``Other`` last is accepted). ``preprocessing``: the
+    model's input rule (`photos.Preprocessing`), or any ``path -> (3, H, W) float32 array`` that raises
+    `photos.ImageReadError` on a bad file. ``model``: any callable mapping a (N, 3, H, W) float32 numpy batch
+    to (N, len(classes)) logits; a torch module is put in eval mode on ``device``. ``timings``: a dict that
+    receives seconds spent decoding (summed over threads), in the model and in all.
     """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: expected an int >= 1")
+    if not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers={workers!r}: expected an int >= 0 (0 decodes in the calling thread)")
     known = as_known_classes(classes)
+    t0 = time.perf_counter()
     rows = expand_inputs(paths, recursive=recursive)
     n = len(rows)
     table: dict[str, np.ndarray] = {
@@ -87,34 +104,105 @@ def predict_paths(paths: Sequence[str | Path], *, model: Callable, classes: Sequ
         **{f"top{k}_logit": np.full(n, np.nan) for k in range(1, TOP_K + 1)},
         "error": np.array([e for _, e in rows], dtype=object),
     }
+    clock = {"decode_seconds": 0.0, "model_seconds": 0.0, "photos": 0}
     todo = [i for i, (_, e) in enumerate(rows) if not e]
     if todo:
-        _predict_into(table, [rows[i][0] for i in todo], np.asarray(todo), model=model, known=known,
-                      transform=transform, other_fn=other_fn, batch_size=batch_size, workers=workers, device=device)
+        prepare = preprocessing.array if isinstance(preprocessing, Preprocessing) else preprocessing
+        _predict_into(table, [rows[i][0] for i in todo], np.asarray(todo), model=array_model(model, device),
+                      known=known, prepare=prepare, other_fn=other_fn, batch_size=batch_size, workers=workers,
+                      clock=clock)
+    if timings is not None:
+        timings.update(clock, inputs=n, seconds=time.perf_counter() - t0)
     return pd.DataFrame({c: table[c] for c in COLUMNS}, columns=COLUMNS)
 
 
-def _predict_into(table, files, at, *, model, known, transform, other_fn, batch_size, workers, device) -> None:
-    dev = pick_device(device)
-    if isinstance(model, torch.nn.Module):
-        model = model.eval().to(dev)
-    loader = make_loader(PathDataset(files, transform), batch_size=batch_size, shuffle=False, workers=workers,
-                         seed=None, on_error="skip", with_index=True, log_failures=False,
-                         pin_memory=dev.type == "cuda")
+def array_model(model: Callable, device: str = "auto") -> Callable[[np.ndarray], np.ndarray]:
+    """``model`` as a function of a numpy batch returning float32 numpy logits. A torch module (recognised
+    without importing torch here) runs in eval mode under inference_mode on ``device``."""
+    if hasattr(model, "parameters") and hasattr(model, "eval") and hasattr(model, "to"):
+        import torch
+
+        dev = pick_device(device)
+        module = model.eval().to(dev)
+
+        def call(x: np.ndarray):
+            with torch.inference_mode():
+                return module(torch.from_numpy(x).to(dev, non_blocking=True))
+    else:
+        call = model
+
+    def logits_of(x: np.ndarray) -> np.ndarray:
+        out = call(x)
+        if isinstance(out, (tuple, list)):  # (features, logits) models: keep the logits
+            out = out[-1]
+        if hasattr(out, "detach"):
+            out = out.detach().float().cpu().numpy()
+        return np.asarray(out, dtype=np.float32)
+
+    return logits_of
+
+
+def decoded_batches(files: Sequence[str], prepare: Callable[[str], np.ndarray], *, batch_size: int, workers: int,
+                    clock: dict | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None, list[tuple[int, str]]]]:
+    """``(indices, batch, failures)`` for consecutive chunks of ``files``, in order: the indices of the photos
+    in ``batch`` (None when none of the chunk could be read) and ``(index, error)`` for the others."""
+    clock = clock if clock is not None else {}
+    clock.setdefault("decode_seconds", 0.0)
+
+    def load(i: int):
+        t = time.perf_counter()
+        try:
+            return i, prepare(files[i]), ""
+        except ImageReadError as e:
+            return i, None, str(e)
+        except Exception as e:  # noqa: BLE001 - a custom prepare's failure: still one row, naming the file
+            return i, None, f"{files[i]}: cannot prepare image ({type(e).__name__}: {e})"
+        finally:
+            clock["decode_seconds"] += time.perf_counter() - t  # += on a float: atomic enough under the GIL
+
+    def assemble(loaded):
+        ok = [(i, x) for i, x, e in loaded if not e]
+        failures = [(i, e) for i, _, e in loaded if e]
+        idx = np.array([i for i, _ in ok], dtype=np.int64)
+        return idx, (np.stack([x for _, x in ok]) if ok else None), failures
+
+    chunks = [range(s, min(s + batch_size, len(files))) for s in range(0, len(files), batch_size)]
+    if workers == 0:
+        for chunk in chunks:
+            yield assemble([load(i) for i in chunk])
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="receiptlib-decode") as pool:
+        pending: deque = deque()
+        upcoming = iter(chunks)
+        for chunk in upcoming:
+            pending.append([pool.submit(load, i) for i in chunk])
+            if len(pending) > AHEAD:
+                break
+        while pending:
+            futures = pending.popleft()
+            chunk = next(upcoming, None)
+            if chunk is not None:
+                pending.append([pool.submit(load, i) for i in chunk])
+            yield assemble([f.result() for f in futures])
+
+
+def _predict_into(table, files, at, *, model, known, prepare, other_fn, batch_size, workers, clock) -> None:
     done_idx, logit_batches = [], []
-    with torch.inference_mode():
-        for x, _, idx in progress(loader, desc="predict", unit="batch"):
-            logits = model(x.to(dev, non_blocking=True))
-            if isinstance(logits, (tuple, list)):  # (features, logits) models: keep the logits
-                logits = logits[-1]
-            logits = np.asarray(logits, dtype=np.float32) if isinstance(logits, np.ndarray) else logits.float().cpu().numpy()
-            if logits.ndim != 2 or logits.shape[1] != len(known):
-                raise ValueError(f"model returned logits of shape {tuple(logits.shape)}; expected (batch, {len(known)}) "
-                                 f"for the {len(known)} known classes: do model and class list come from the same run?")
-            done_idx.append(idx.numpy())
-            logit_batches.append(logits)
-    for f in loader.failures:
-        table["error"][at[f.index]] = f.error
+    batches = decoded_batches(files, prepare, batch_size=batch_size, workers=workers, clock=clock)
+    for idx, x, failures in progress(batches, desc="predict", unit="batch", total=-(-len(files) // batch_size)):
+        for i, error in failures:
+            table["error"][at[i]] = error
+        if x is None:
+            continue
+        t = time.perf_counter()
+        logits = model(x)
+        clock["model_seconds"] += time.perf_counter() - t
+        clock["photos"] += len(idx)
+        if logits.ndim != 2 or logits.shape[1] != len(known):
+            raise ValueError(f"model returned logits of shape {tuple(logits.shape)}; expected (batch, {len(known)}) "
+                             f"for the {len(known)} known classes: do model and class list come from the same run?")
+        done_idx.append(idx)
+        logit_batches.append(logits)
     if not logit_batches:
         return
     rows = at[np.concatenate(done_idx)]
@@ -229,17 +317,17 @@ def write_mozgalo(df: pd.DataFrame, path: str | Path, *, failed_label: str = OTH
 WRITERS = {"csv": write_csv, "mozgalo": write_mozgalo}
 
 
-def predict_to_file(paths: Sequence[str | Path], *, model: Callable, classes: Sequence[str], transform: Callable,
-                    out: str | Path, format: str = "csv",
+def predict_to_file(paths: Sequence[str | Path], *, model: Callable, classes: Sequence[str],
+                    preprocessing: Preprocessing | Callable[[str], np.ndarray], out: str | Path, format: str = "csv",
                     other_fn: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
-                    batch_size: int = 32, workers: int = 0, device: str = "auto", recursive: bool = True,
-                    strict: bool = False, stderr=None) -> int:
+                    batch_size: int = BATCH_SIZE, workers: int = WORKERS, device: str = "auto",
+                    recursive: bool = True, strict: bool = False, stderr=None, timings: dict | None = None) -> int:
     """What ``receiptlib predict`` does once it has a model: predict, write ``out``, print the summary to
     stderr, and return the exit code (see ``exit_code``)."""
     if format not in WRITERS:
         raise ValueError(f"format={format!r}: expected one of {sorted(WRITERS)}")
-    df = predict_paths(paths, model=model, classes=classes, transform=transform, other_fn=other_fn,
-                       batch_size=batch_size, workers=workers, device=device, recursive=recursive)
+    df = predict_paths(paths, model=model, classes=classes, preprocessing=preprocessing, other_fn=other_fn,
+                       batch_size=batch_size, workers=workers, device=device, recursive=recursive, timings=timings)
     WRITERS[format](df, out)
     print(summary(df), file=stderr or sys.stderr)
     return exit_code(df, strict=strict)

@@ -13,6 +13,8 @@ Layout of `data/runs/<name>/`:
     history.csv            epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds, images_per_second
     checkpoint_last.pt     model, optimizer, scheduler, scaler, epoch, RNG states, history (weights_only)
     checkpoint_best.pt     the same at the best validation accuracy
+    model.safetensors      the best model's weights alone with its model card (classes, preprocessing, the
+                           run's identity): what predict and export load; never unpickled (receiptlib.serving)
     metrics.json           closed-set val accuracy, per-class accuracy, confusion matrix, times; written
                            last, so its presence means the run is finished
     outputs/{val,test}_{logits,features,labels}.npy and {split}_paths.txt (every image, Other included;
@@ -22,15 +24,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from . import models
 from .common import OTHER, pick_device
-from .io import read_json, write_json
+from .io import atomic_write, read_json, write_json
+from .photos import Preprocessing
+from .serving import ARTEFACT_FILE, CARD_KEY, ModelCard, read_card
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_second"]
 
@@ -197,14 +203,44 @@ class Run:
         result["paths"] = (out / f"{split}_paths.txt").read_text().splitlines()
         return result
 
+    @property
+    def artefact_path(self) -> Path:
+        """The slim inference artefact (model.safetensors, see the module docstring)."""
+        return self.path / ARTEFACT_FILE
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The input rule of the model: what every consumer (evaluation, predict, ONNX export) feeds it."""
+        return Preprocessing(self.image_size, **self.normalization)
+
+    def card(self, *, other: dict | None = None) -> ModelCard:
+        """The model card of this run (`serving.ModelCard`); ``other``: a thresholds document for the Other rule."""
+        metrics = read_json(self.path / "metrics.json") if self.finished else {}
+        return model_card(self.config, self.known_classes, name=self.name, metrics=metrics, other=other)
+
+    def write_artefact(self) -> Path:
+        """(Re)write model.safetensors from checkpoint_best.pt (runs trained before the artefact existed)."""
+        return save_artefact(self._checkpoint_model("best"), self.artefact_path, self.card())
+
     def load_model(self, which: str = "best", device: str = "auto"):
-        """The trained model (eval mode) from checkpoint_best.pt or checkpoint_last.pt."""
+        """The trained model (eval mode): "best" from model.safetensors when the run has it (the same weights as
+        checkpoint_best.pt, without optimizer state: faster, and a run folder shipped without its training
+        checkpoints still loads), else from checkpoint_best.pt; "last" from checkpoint_last.pt."""
+        if which == "best" and self.artefact_path.is_file():
+            model, card = load_artefact(self.artefact_path, device=device)
+            if card.classes != self.known_classes:
+                raise ValueError(f"{self.artefact_path} was trained on classes {card.classes}, but {self.path}/classes.json "
+                                 f"lists {self.known_classes}; rewrite it with Run.write_artefact()")
+            return model
+        return self._checkpoint_model(which).to(pick_device(device)).eval()
+
+    def _checkpoint_model(self, which: str):
         arch = models.get_architecture(self.arch, where=str(self.path))
         ckpt = load_checkpoint(self.checkpoint_path(which), classes=self.classes, arch=arch.name)
         model = arch.build(len(self.known_classes), weights="none")
         model.load_state_dict(ckpt["model"])
         model.weights_source = f"path:{self.checkpoint_path(which)}"
-        return model.to(pick_device(device)).eval()
+        return model.eval()
 
     def evaluate(self, split: str = "val") -> dict:
         """Closed-set accuracy, per-class accuracy and confusion matrix of the best model on `split`
@@ -212,6 +248,60 @@ class Run:
         result = {"split": split, **closed_set_metrics(self.outputs(split), self.known_classes)}
         write_json(self.path / f"evaluation_{split}.json", result)
         return result
+
+
+# ----------------------------------------------------------------------------------------------
+# The inference artefact: weights alone, with the model card, in safetensors (no pickle)
+# ----------------------------------------------------------------------------------------------
+
+def model_card(config: dict, known: list[str], *, name: str, metrics: dict | None = None,
+               other: dict | None = None) -> ModelCard:
+    """The card of a run from its config.json, known classes and (when finished) metrics.json."""
+    recipe = config.get("recipe") or {}
+    size = int(recipe.get("image_size") or config.get("image_size") or 224)
+    arch = config.get("arch", models.ARCH)
+    pre = config.get("preprocessing") or {}
+    norm = models.get_architecture(arch, where=name).normalization
+    identity = config.get("identity")
+    metrics = metrics or {}
+    run = {"name": name, "recipe": config.get("recipe_name") or recipe.get("name"), "seed": config.get("seed"),
+           "weights_source": config.get("weights_source"),
+           "identity_sha256": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+           if identity else None,
+           **{k: metrics[k] for k in ("best_epoch", "val_accuracy", "test_accuracy") if k in metrics}}
+    return ModelCard(arch=arch, classes=list(known), run=run, other=other,
+                     preprocessing=Preprocessing(size, mean=tuple(pre.get("mean", norm["mean"])),
+                                                 std=tuple(pre.get("std", norm["std"]))))
+
+
+def save_artefact(model: torch.nn.Module, path: str | Path, card: ModelCard) -> Path:
+    """Write ``model``'s weights alone (fp32, CPU) and its card as one safetensors file."""
+    state = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
+             for k, v in models.unwrap(model).state_dict().items()}
+    meta = {CARD_KEY: json.dumps(card.to_json(), sort_keys=True)}
+
+    def write(tmp: Path) -> None:
+        save_file(state, str(tmp), metadata=meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; the artefact is meant to be shared like the rest
+
+    return atomic_write(Path(path), write)
+
+
+def load_artefact(path: str | Path, *, device: str = "auto") -> tuple[torch.nn.Module, ModelCard]:
+    """The model (eval mode) and card of a model.safetensors file. The header is read and checked first
+    (serving.read_card): a file of another kind, a pickle among them, is refused before any tensor is read."""
+    path = Path(path)
+    card = read_card(path)
+    arch = models.get_architecture(card.arch, where=str(path))
+    model = arch.build(len(card.classes), weights="none")
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except RuntimeError as e:
+        raise ValueError(f"{path}: its tensors do not fit a {card.arch} with {len(card.classes)} classes ({e})") from None
+    model.weights_source = f"path:{path}"
+    return model.to(pick_device(device)).eval(), card
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,9 +12,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "receiptlib"
 # Data flows down this list; a module may import from its own layer or the layers above it.
 LAYERS = [
     {"common", "io", "presets"},
+    {"photos"},
     {"synth"},
     {"data"},
-    {"models"},
+    {"models", "serving"},
     {"runs"},
     {"train"},
     {"tta", "openset", "residual"},

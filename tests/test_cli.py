@@ -17,6 +17,11 @@ def cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "receiptlib", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
+def open_safetensors_header(path) -> str:
+    raw = path.read_bytes()
+    return raw[8:8 + int.from_bytes(raw[:8], "little")].decode()
+
+
 def test_help_lists_every_verb():
     out = cli("--help")
     assert out.returncode == 0
@@ -44,6 +49,9 @@ def test_tiny_pipeline_through_the_cli(tmp_path, capsys):
                  "--image-size", "64", "--batch-size", "16"]) == 0
     run = runs / "t"
     assert (run / "metrics.json").is_file() and (run / "outputs" / "test_logits.npy").is_file()
+    card = json.loads(json.loads(open_safetensors_header(run / "model.safetensors"))["__metadata__"]["receiptlib"])
+    assert card["classes"] == json.loads((run / "classes.json").read_text())[:-1]  # the artefact, written at the end
+    assert card["preprocessing"]["image_size"] == 64 and card["run"]["name"] == "t"
 
     thresholds = tmp_path / "thresholds.json"
     assert main(["fit-other", "--run", "t", "--runs-root", str(runs), "--out", str(thresholds)]) == 0

@@ -13,6 +13,7 @@ from receiptlib import data as D
 from receiptlib import predict as P
 from receiptlib.common import OTHER
 from receiptlib.openset import as_decision
+from receiptlib.photos import Preprocessing
 
 CLASSES = ["Alpha", "Beta", "Gamma", "Delta"]
 SIZE = 32
@@ -63,7 +64,7 @@ def inputs(tmp_path):
 def run(paths, **kw):
     kw.setdefault("model", tiny_model())
     kw.setdefault("classes", CLASSES)
-    kw.setdefault("transform", D.eval_transform(image_size=SIZE))
+    kw.setdefault("preprocessing", Preprocessing(SIZE))
     kw.setdefault("batch_size", 3)
     return P.predict_paths(paths, **kw)
 
@@ -97,10 +98,12 @@ def test_every_input_once_with_error_rows(inputs):
 
 
 def test_logits_match_the_model_row_by_row(inputs):
+    """predict's torch-free pipeline feeds the model what training's evaluation fed it (data.eval_transform
+    after draft decoding, as ReceiptFolder reads photos)."""
     model = tiny_model()
-    t = D.eval_transform(image_size=SIZE)
-    df = run([inputs["folder"]], model=model, transform=t, batch_size=2)
+    df = run([inputs["folder"]], model=model, batch_size=2)
     ok = df[df["error"] == ""]
+    t = D.eval_transform(image_size=SIZE)
     with torch.no_grad():
         x = torch.stack([t(D.read_image(p, draft_size=SIZE)) for p in ok["path"]])
         logits = model.eval()(x).numpy()
@@ -108,10 +111,65 @@ def test_logits_match_the_model_row_by_row(inputs):
     assert ok["top1"].tolist() == [CLASSES[i] for i in logits.argmax(1)]
 
 
-def test_workers_give_the_same_result(inputs):
+@pytest.mark.parametrize("size", [32, 47])
+def test_preprocessing_gives_the_eval_transforms_pixels(inputs, size):
+    prep = Preprocessing(size, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    t = D.eval_transform(image_size=size, mean=prep.mean, std=prep.std)
+    for p in [*inputs["good"], inputs["loose"]]:
+        expected = t(D.read_image(p, draft_size=size)).numpy()
+        got = prep.array(p)
+        assert got.dtype == np.float32 and got.shape == (3, size, size)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    with pytest.raises(D.ImageReadError, match="empty file"):
+        prep.array(inputs["bad"]["zero"])
+
+
+def test_preprocessing_refuses_bad_settings():
+    for bad in [dict(image_size=4), dict(image_size=32, mean=(0.5, 0.5)), dict(image_size=32, std=(1, 0, 1)),
+                dict(image_size=32, resize="crop")]:
+        with pytest.raises(ValueError):
+            Preprocessing(**bad)
+    prep = Preprocessing(64, mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert Preprocessing.from_dict(prep.to_dict()) == prep
+    with pytest.raises(ValueError, match="card: preprocessing"):
+        Preprocessing.from_dict({"size": 64}, where="card: preprocessing")
+
+
+@pytest.mark.parametrize("workers", [1, 2, 5])
+def test_decoding_threads_give_the_same_result(inputs, workers):
     a = run([inputs["folder"]], workers=0)
-    b = run([inputs["folder"]], workers=1)
+    b = run([inputs["folder"]], workers=workers, batch_size=1)
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_numpy_model_and_timings(inputs):
+    """Any callable of a numpy batch serves (an ONNX session does); timings count the photos it saw."""
+    weights = np.random.default_rng(0).normal(size=(3 * SIZE * SIZE, len(CLASSES))).astype(np.float32)
+    seen = []
+
+    def model(x):
+        assert isinstance(x, np.ndarray) and x.dtype == np.float32 and x.shape[1:] == (3, SIZE, SIZE)
+        seen.append(len(x))
+        return x.reshape(len(x), -1) @ weights
+
+    timings = {}
+    df = run([inputs["folder"]], model=model, timings=timings)
+    ok = df[df["error"] == ""]
+    assert sum(seen) == len(ok) == timings["photos"] == 3 and timings["inputs"] == len(df)
+    assert timings["decode_seconds"] > 0 and timings["model_seconds"] > 0
+    x = np.stack([Preprocessing(SIZE).array(p) for p in ok["path"]])
+    np.testing.assert_allclose(ok["top1_logit"], (x.reshape(len(x), -1) @ weights).max(1), rtol=1e-5)
+
+
+def test_symlinked_folders_are_walked_once_in_a_stable_order(tmp_path):
+    photos = tmp_path / "photos"
+    save_noise_jpeg(photos / "b.jpg", seed=1)
+    save_noise_jpeg(tmp_path / "elsewhere" / "a.jpg", seed=2)
+    (photos / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (photos / "loop").symlink_to(photos, target_is_directory=True)  # a cycle must end
+    df = run([photos])
+    assert df["path"].tolist() == [str(photos / "b.jpg"), str(photos / "linked" / "a.jpg")]
+    assert (df["error"] == "").all()
 
 
 def test_other_fn_decides_other(inputs):
@@ -194,14 +252,14 @@ def test_mozgalo_refuses_names_without_or_sharing_an_id(tmp_path):
 def test_predict_to_file_writes_csv_and_reports(inputs, tmp_path, capsys):
     out = tmp_path / "preds.csv"
     code = P.predict_to_file([inputs["folder"]], model=tiny_model(), classes=CLASSES,
-                             transform=D.eval_transform(image_size=SIZE), out=out, batch_size=4)
+                             preprocessing=Preprocessing(SIZE), out=out, batch_size=4)
     assert code == 0
     back = pd.read_csv(out, keep_default_na=False)
     assert list(back.columns) == P.COLUMNS and len(back) == 7
     assert (back["error"] != "").sum() == 4
     assert "7 inputs, 3 predicted (0 Other), 4 errors" in capsys.readouterr().err
     assert P.predict_to_file([inputs["folder"]], model=tiny_model(), classes=CLASSES, strict=True,
-                             transform=D.eval_transform(image_size=SIZE), out=out) == 1
+                             preprocessing=Preprocessing(SIZE), out=out) == 1
     with pytest.raises(ValueError, match="format"):
         P.predict_to_file([inputs["folder"]], model=tiny_model(), classes=CLASSES,
-                          transform=D.eval_transform(image_size=SIZE), out=out, format="json")
+                          preprocessing=Preprocessing(SIZE), out=out, format="json")

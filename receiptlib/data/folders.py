@@ -8,8 +8,9 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..common import OTHER
-from .images import IMAGE_EXTENSIONS, eval_transform, is_image_file, read_image
+from ..common import OTHER, as_known_classes
+from ..photos import IMAGE_EXTENSIONS, image_files, read_image
+from .images import eval_transform
 
 # ----------------------------------------------------------------------------------------------
 # Folder data sets
@@ -18,13 +19,6 @@ from .images import IMAGE_EXTENSIONS, eval_transform, is_image_file, read_image
 def _visible_dirs(folder: Path) -> list[Path]:
     # hidden folders (.ipynb_checkpoints, .DS_Store junk) are never classes
     return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively), sorted by relative path for a deterministic order."""
-    files = [p for p in folder.rglob("*") if p.is_file() and is_image_file(p)
-             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
-    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
 
 
 def known_classes(root: str | Path) -> list[str]:
@@ -45,20 +39,6 @@ def known_classes(root: str | Path) -> list[str]:
 def class_names(root: str | Path) -> list[str]:
     """Known classes plus ``Other`` last: the label list saved with every run."""
     return known_classes(root) + [OTHER]
-
-
-def as_known_classes(classes: Sequence[str]) -> list[str]:
-    known = list(classes)
-    if known and known[-1] == OTHER:  # accept a saved class_names list too
-        known = known[:-1]
-    if OTHER in known:
-        raise ValueError(f"classes: '{OTHER}' may only appear last (it is the reserved label len(known))")
-    if len(set(known)) != len(known):
-        dup = sorted({c for c in known if known.count(c) > 1})
-        raise ValueError(f"classes: duplicate names {dup}")
-    if not known:
-        raise ValueError("classes: empty list of known classes")
-    return known
 
 
 class ReceiptFolder(Dataset):

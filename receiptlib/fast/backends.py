@@ -7,7 +7,8 @@
   onnx-fp32            ONNX Runtime, fp32
   onnx-int8            ONNX Runtime, int8 static quantization (see export.quantize_int8)
 
-ONNX Runtime is the optional extra ``fast`` (``pip install receiptlib[fast]``) and is imported lazily.
+ONNX Runtime is the optional extra ``fast`` (``pip install receiptlib[fast]``) and is imported lazily; its
+predictor (`serving.OnnxPredictor`) lives in the torch-free `receiptlib.serving`.
 """
 from __future__ import annotations
 
@@ -22,26 +23,7 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 
 from .. import common
-
-BACKENDS = ("torch-fp32", "torch-channels_last", "torch-bf16", "torch-compile", "onnx-fp32", "onnx-int8")
-REFERENCE = "torch-fp32"
-ONNX_FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx"}
-
-
-class BackendUnavailable(RuntimeError):
-    """A backend cannot run here (missing package, failed compile, no bf16 support, ...)."""
-
-
-def require_onnxruntime():
-    """Import onnxruntime or raise a clear error telling how to install the optional extra."""
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise BackendUnavailable(
-            "the ONNX backends need onnxruntime and onnx, the optional extra 'fast': "
-            "pip install 'receiptlib[fast]' (or pip install onnx onnxruntime), or use a torch-* backend") from exc
-    return onnxruntime
-
+from ..serving import BACKENDS, ONNX_FILES, REFERENCE, BackendUnavailable, OnnxPredictor, require_onnxruntime
 
 def default_threads() -> int:
     return torch.get_num_threads()
@@ -124,40 +106,6 @@ class TorchPredictor(Predictor):
                                              f"{str(exc)[:500]}") from exc
                 self._compiled_ok = True
         return out.float().cpu().numpy()
-
-
-class OnnxPredictor(Predictor):
-    """An ONNX Runtime session over an exported (and possibly quantized) model file."""
-
-    def __init__(self, path: str | os.PathLike, *, backend: str | None = None, threads: int | None = None,
-                 device: str = "cpu", spinning: bool = True):
-        ort = require_onnxruntime()
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ONNX model {path} does not exist; export it with receiptlib.fast.export_onnx "
-                                    "or build_fast_model")
-        self.path = path
-        self.backend = backend or ("onnx-int8" if ".int8." in path.name else "onnx-fp32")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or default_threads())
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        if not spinning:
-            # idle threads sleep instead of busy-waiting: leaves the cores to the JPEG-decoding workers
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = ["CPUExecutionProvider"]
-        if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
-        self.session = ort.InferenceSession(str(path), opts, providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, x) -> np.ndarray:
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ from torch import nn
 
 from ..common import pick_device
 from ..io import read_json, write_json
-from ..openset import PerClassLogit, as_decision, load_thresholds, macro_f1
+from ..openset import PerClassLogit, as_decision, load_thresholds, macro_f1, thresholds_doc
 from ..runs import Run
+from ..serving import ModelCard
 from .backends import (BACKENDS, ONNX_FILES, REFERENCE, BackendUnavailable, Predictor, TorchPredictor,
                        default_threads, make_predictor, require_onnxruntime, run_batches, throughput)
 from .export import calibration_batches, eval_loader, prepare_onnx
@@ -91,7 +92,7 @@ def select_fast(model: nn.Module, val_batches: Sequence[torch.Tensor], val_label
                 candidates: Sequence = DEFAULT_CANDIDATES, decide: Any = None, calibration: Iterable | None = None,
                 backend: str | None = None, min_agreement: float = 0.995, max_f1_drop: float = 0.005,
                 threads: int | None = None, device: str = "auto", speed_repeats: int = 3,
-                verbose: bool = True) -> FastChoice:
+                card: ModelCard | None = None, verbose: bool = True) -> FastChoice:
     """Measure each candidate against fp32 PyTorch on ``val_batches`` and save the choice in ``out_dir``.
 
     candidates: backend names, or ``(name, predictor)`` pairs for a custom predictor (tests use a
@@ -99,7 +100,8 @@ def select_fast(model: nn.Module, val_batches: Sequence[torch.Tensor], val_label
     decision, see `openset.as_decision`) agree with the reference's on >= ``min_agreement`` of the images and its
     macro-F1 (against ``val_labels``) is at most ``max_f1_drop`` below the reference's. The fastest
     qualifying one (model alone, one val batch) is chosen; ``backend=`` overrides the choice (it is still
-    measured and reported). The reference always qualifies, so a choice always exists.
+    measured and reported). The reference always qualifies, so a choice always exists. ``card``: the model
+    card the exported ONNX files carry in their metadata (`export.describe_onnx`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +131,7 @@ def select_fast(model: nn.Module, val_batches: Sequence[torch.Tensor], val_label
         try:
             require_onnxruntime()
             made = prepare_onnx(model, out_dir, image_size=int(val_batches[0].shape[-1]), calibration=calibration,
-                                int8="onnx-int8" in wanted_onnx and calibration is not None)
+                                int8="onnx-int8" in wanted_onnx and calibration is not None, card=card)
             files = {k: v.name for k, v in made.items()}
         except Exception as exc:  # noqa: BLE001 - an unavailable backend is reported, others still run
             onnx_error = f"{type(exc).__name__}: {exc}"
@@ -249,13 +251,16 @@ def build_fast_model(run, *, candidates: Sequence = DEFAULT_CANDIDATES, backend:
     size = int(image_size or run.image_size)
     if isinstance(decide, str) and decide == "run":
         decide = run_decision(run)
+    if not run.artefact_path.is_file():  # a run trained before runs wrote their slim artefact
+        run.write_artefact()
+    card = run.card(other=other_rule(decide, run))
     xs, ys = val_batches(root, classes, image_size=size, batch_size=batch_size, n_val=n_val, workers=workers,
                          **run.normalization)
     calib = calibration_batches(root, classes=classes, n=n_calibration, image_size=size, workers=workers,
                                 **run.normalization)
     return select_fast(model, xs, ys, out_dir or Path(run.path) / "fast", candidates=candidates, decide=decide,
                        calibration=calib, backend=backend, min_agreement=min_agreement, max_f1_drop=max_f1_drop,
-                       threads=threads, device=device, verbose=verbose)
+                       threads=threads, device=device, card=card, verbose=verbose)
 
 
 def fast_predictor(run, *, backend: str | None = None, threads: int | None = None, device: str = "auto",
@@ -274,6 +279,17 @@ def fast_predictor(run, *, backend: str | None = None, threads: int | None = Non
         build_fast_model(run, threads=threads, device=device, **build_kwargs)
     model = run.load_model(device=device)  # for a torch-* choice, and the fallback should the saved one not run
     return load_predictor(fast_dir, model=model, backend=backend, threads=threads, device=device, spinning=spinning)
+
+
+def other_rule(decide: Any, run) -> dict | None:
+    """The Other decision as a thresholds document for the model card (None: argmax, or a decision that is not
+    a thresholds rule, such as a callable or a detector that needs features)."""
+    if decide is None or getattr(decide, "other_threshold_", None) is None:
+        return None
+    try:
+        return thresholds_doc(decide, classes=run.classes, run=run.name)
+    except ValueError:
+        return None
 
 
 def run_decision(run, thresholds: str | os.PathLike | None = None):

@@ -15,13 +15,16 @@ from torch import nn
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD, ReceiptFolder, eval_transform
 from ..io import atomic_write
+from ..serving import ModelCard
 from .backends import ONNX_FILES, BackendUnavailable, require_onnxruntime
 
 OPSET = 17  # ONNX Runtime >= 1.14 runs it; QDQ per-channel needs >= 13
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: int = 224, opset: int = OPSET) -> Path:
-    """Export ``model`` (eval mode, CPU, fp32) to ONNX with a dynamic batch axis; input ``image``, output ``logits``.
+def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: int = 224, opset: int = OPSET,
+                card: ModelCard | None = None) -> Path:
+    """Export ``model`` (eval mode, CPU, fp32) to ONNX with a dynamic batch axis; input ``image``, output ``logits``;
+    with ``card``, the model describes itself in its metadata (`describe_onnx`).
 
     Uses the TorchScript-based exporter (``dynamo=False``): works with torch 2.x without ``onnxscript``.
     BatchNorm is folded into the convolutions by the exporter's constant folding.
@@ -51,7 +54,26 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: int = 
                 torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["logits"],
                                   dynamic_shapes=({0: batch},), opset_version=max(opset, 18), dynamo=True)
 
-    return atomic_write(path, export)
+    atomic_write(path, export)
+    return describe_onnx(path, card) if card is not None else path
+
+
+def describe_onnx(path: str | os.PathLike, card: ModelCard) -> Path:
+    """Write ``card`` into the ONNX file's metadata_props (serving.ModelCard.onnx_metadata: the card as JSON and
+    flat keys a plain ONNX Runtime user reads), replacing earlier values of the same keys."""
+    import onnx
+
+    path = Path(path)
+    graph_model = onnx.load(str(path))
+    meta = card.onnx_metadata()
+    kept = [p for p in graph_model.metadata_props if p.key not in meta]
+    del graph_model.metadata_props[:]
+    graph_model.metadata_props.extend(kept)
+    for key, value in meta.items():
+        graph_model.metadata_props.add(key=key, value=value)
+    graph_model.doc_string = (f"receiptlib {card.arch}: {len(card.classes)} known receipt chains + "
+                              f"{card.to_json()['other_label']}; see metadata_props")
+    return atomic_write(path, lambda tmp: onnx.save(graph_model, str(tmp)))
 
 
 def _as_numpy_batches(batches: Iterable) -> Iterable[np.ndarray]:
@@ -91,7 +113,7 @@ def _float_ends(model) -> list[str]:
 
 
 def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, calibration: Iterable, *,
-                  per_channel: bool = True, float_ends: bool = True) -> Path:
+                  per_channel: bool = True, float_ends: bool = True, card: ModelCard | None = None) -> Path:
     """Static int8 quantization (QDQ: int8 per-channel weights, uint8 activations, ONNX Runtime's fastest x86
     pair) calibrated on ``calibration`` batches of preprocessed images; ``float_ends`` keeps the first
     convolution and the classifier layer fp32, whose u8 x s8 products saturate on CPUs without VNNI (the
@@ -123,7 +145,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     finally:
         root.setLevel(old_level)
         pre.unlink(missing_ok=True)
-    return out_path
+    return describe_onnx(out_path, card) if card is not None else out_path
 
 
 def calibration_batches(root: str | os.PathLike, *, classes: Sequence[str] | None = None, n: int = 256,
@@ -154,12 +176,15 @@ def eval_loader(root: str | os.PathLike, split: str, *, classes: Sequence[str] |
 
 
 def prepare_onnx(model: nn.Module, out_dir: str | os.PathLike, *, image_size: int = 224,
-                 calibration: Iterable | None = None, int8: bool = True) -> dict[str, Path]:
-    """Export ``model.onnx`` and (when ``int8`` and calibration batches are given) ``model.int8.onnx``."""
+                 calibration: Iterable | None = None, int8: bool = True,
+                 card: ModelCard | None = None) -> dict[str, Path]:
+    """Export ``model.onnx`` and (when ``int8`` and calibration batches are given) ``model.int8.onnx``, each
+    described by ``card`` when given."""
     out_dir = Path(out_dir)
-    files = {"onnx-fp32": export_onnx(model, out_dir / ONNX_FILES["onnx-fp32"], image_size=image_size)}
+    files = {"onnx-fp32": export_onnx(model, out_dir / ONNX_FILES["onnx-fp32"], image_size=image_size, card=card)}
     if int8:
         if calibration is None:
             raise ValueError("onnx-int8 needs calibration batches of preprocessed training images (calibration=...)")
-        files["onnx-int8"] = quantize_int8(files["onnx-fp32"], out_dir / ONNX_FILES["onnx-int8"], calibration)
+        files["onnx-int8"] = quantize_int8(files["onnx-fp32"], out_dir / ONNX_FILES["onnx-int8"], calibration,
+                                           card=card)
     return files

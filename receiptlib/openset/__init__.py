@@ -23,10 +23,10 @@ from .detectors import (METHODS, Energy, GlobalSoftmax, MaxLogit, MaxSoftmax, Pe
                         default_detectors, make_detector)
 from .distances import KNN, LogitDistance, Mahalanobis
 from .evaluation import detector_table, evaluate, fit_and_evaluate, macro_f1, metrics, tune
-from .thresholds import SCHEMA, SCHEMA_VERSION, load_thresholds, save_thresholds
+from .thresholds import SCHEMA, SCHEMA_VERSION, detector_from_doc, load_thresholds, save_thresholds, thresholds_doc
 
 __all__ = ["Decision", "Detector", "Energy", "GlobalSoftmax", "KNN", "LogitDistance", "METHODS", "Mahalanobis",
            "MaxLogit", "MaxSoftmax", "Outputs", "PerClassLogit", "SCHEMA", "SCHEMA_VERSION", "Voting", "as_decision",
-           "as_outputs", "default_detectors", "detector_table", "evaluate", "f1_from_counts", "fit_and_evaluate",
+           "as_outputs", "default_detectors", "detector_from_doc", "detector_table", "evaluate", "f1_from_counts", "fit_and_evaluate",
            "fit_threshold", "load_thresholds", "macro_f1", "macro_f1_sweep", "make_detector", "metrics",
-           "save_thresholds", "tune"]
+           "save_thresholds", "thresholds_doc", "tune"]

@@ -27,11 +27,20 @@ def save_thresholds(path, detector: Detector, *, classes: Sequence[str], run: st
     max-logit, energy; the others need their fit data and raise.
     """
     path = Path(path)
+    doc = thresholds_doc(detector, classes=classes, run=run, where=str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")  # NaN refused, not written as null
+
+
+def thresholds_doc(detector: Detector, *, classes: Sequence[str], run: str | None = None,
+                   where: str = "thresholds") -> dict:
+    """The thresholds file's content as a dict (what `save_thresholds` writes and an exported ONNX model
+    carries as its Other rule); ``where`` names the destination in errors."""
     if detector.other_threshold_ is None:
-        raise RuntimeError(f"{type(detector).__name__} is not fitted; call fit(...) first, then save to {path}")
+        raise RuntimeError(f"{type(detector).__name__} is not fitted; call fit(...) first, then save to {where}")
     known = _known(classes)
     if len(known) != detector.num_known_:
-        raise ValueError(f"save_thresholds({path}): {len(known)} class names for a detector fitted on "
+        raise ValueError(f"save_thresholds({where}): {len(known)} class names for a detector fitted on "
                          f"{detector.num_known_} known classes")
     doc = {"schema": SCHEMA, "version": SCHEMA_VERSION, "method": detector.method,
            "params": dict(detector.params), "classes": known}
@@ -48,8 +57,7 @@ def save_thresholds(path, detector: Detector, *, classes: Sequence[str], run: st
         raise ValueError(f"{type(detector).__name__} is not serialisable to a thresholds file: it needs its "
                          "fit data (features or reference outputs); refit it from the run's val outputs")
     doc.update(run=run, fitted_on="val")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")  # NaN refused, not written as null
+    return doc
 
 
 def load_thresholds(path, *, classes: Sequence[str] | None = None) -> Detector:
@@ -62,6 +70,13 @@ def load_thresholds(path, *, classes: Sequence[str] | None = None) -> Detector:
         doc = read_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: malformed JSON ({e}); is this a thresholds file?") from e
+    return detector_from_doc(doc, classes=classes, where=path)
+
+
+def detector_from_doc(doc, *, classes: Sequence[str] | None = None, where: str | Path = "thresholds") -> Detector:
+    """A fitted detector from a thresholds document (a thresholds file's content, or the Other rule an
+    exported model carries), validated as `load_thresholds` does; ``where`` names its origin in errors."""
+    path = where
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ValueError(f"{path}: not a thresholds file (expected \"schema\": \"{SCHEMA}\")")
     if doc.get("version") != SCHEMA_VERSION:
@@ -113,5 +128,5 @@ def load_thresholds(path, *, classes: Sequence[str] | None = None) -> Detector:
     else:
         det.other_threshold_ = (-det.params["threshold"] if isinstance(det, GlobalSoftmax)
                                 else det.params["other_threshold"])
-    det.source_ = {"path": str(path), "run": doc.get("run"), "fitted_on": doc.get("fitted_on")}
+    det.source_ = {"path": str(where), "run": doc.get("run"), "fitted_on": doc.get("fitted_on")}
     return det

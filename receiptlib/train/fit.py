@@ -68,7 +68,7 @@ def train(config: TrainConfig, *, run_dir: str | Path | None = None, runs_root: 
             "world_size": dist.world, "workers": config.workers, "max_train_images": config.max_train_images,
             "classes": known + [OTHER], "train_config": asdict(config), "identity": identity,
             # what every consumer (evaluation, predict, ONNX export) feeds the model: Run.image_size, Run.normalization
-            "preprocessing": {"image_size": recipe.image_size, "resize": "bilinear to image_size x image_size",
+            "preprocessing": {"image_size": recipe.image_size, "resize": "stretch",
                               "mean": list(norm["mean"]), "std": list(norm["std"])},
             "torch_version": torch.__version__,
         }
@@ -210,4 +210,7 @@ def _finalize(run_dir: Path, model: nn.Module, config: TrainConfig, recipe: Reci
     if (run_dir / "outputs" / "test_logits.npy").exists():  # the honest figure: val chose the epoch
         test = rruns.closed_set_metrics(rruns.Run(run_dir).outputs("test"), known)
         metrics.update(test_accuracy=test["accuracy"], test_n_known=test["n_known"])
+    # the slim inference artefact before metrics.json: a finished run always has it
+    card = rruns.model_card(rruns.read_json(run_dir / "config.json"), known, name=run_dir.name, metrics=metrics)
+    rruns.save_artefact(bare, run_dir / rruns.ARTEFACT_FILE, card)
     write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
