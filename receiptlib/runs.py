@@ -17,7 +17,7 @@ Layout of `data/runs/<name>/`:
                            run's identity): what predict and export load; never unpickled (receiptlib.serving)
     metrics.json           closed-set val accuracy, per-class accuracy, confusion matrix, times; written
                            last, so its presence means the run is finished
-    outputs/{val,test}_{logits,features,labels}.npy and {split}_paths.txt (every image, Other included;
+    outputs/{train,val,test}_{logits,features,labels}.npy and {split}_paths.txt (every image, Other included;
                            Other's label is len(known classes))
 """
 from __future__ import annotations

@@ -1,10 +1,15 @@
-"""The threshold tuner of notebook 04 in a real browser: JupyterLab on a loopback port, headless
-Chromium driven by Playwright, Run All, move the k slider, check the readout against `openset.tune`, press
-save and check the thresholds file.
+"""The threshold tuners of notebook 04 in a real browser, headless Chromium driven by Playwright:
+
+- the live tuner: JupyterLab on a loopback port, Run All, move the k slider, check the readout against
+  `openset.tune`, press save and check the thresholds file;
+- the kernel-free tuner: the executed notebook's HTML export opened from disk with no kernel and no network,
+  drag its k slider (the readout follows the handle, the confusion counts follow on release), pick a preset,
+  and check every shown number against `openset.tune` at that grid point.
 
 Needs Debian's Chromium (/usr/bin/chromium) and the Playwright Python package; Playwright's own browser
-download is never used. Without them the test is skipped locally; with RECEIPTLIB_REQUIRE_BROWSER=1 (CI,
-`.ci/run`) it fails instead. Screenshots before and after are kept in test-artifacts/browser/.
+download is never used. Without them the tests are skipped locally; with RECEIPTLIB_REQUIRE_BROWSER=1 (CI,
+`.ci/run`) they fail instead. Screenshots before and after are kept in test-artifacts/browser/
+(jupyterlab_*.png, kernel_free_*.png).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from pathlib import Path
 import pytest
 
 import receiptlib as rl
+from test_tuner import embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "04_thresholds.ipynb"
@@ -50,7 +56,7 @@ def missing_requirements() -> list[str]:
         missing.append("the Playwright package (`pip install -e '.[dev]'` or `pip install playwright`; "
                        "do not run `playwright install`, Debian's Chromium is used)")
     for module, package in (("jupyterlab", "jupyterlab"), ("ipywidgets", "ipywidgets"),
-                            ("jupyterlab_widgets", "jupyterlab_widgets")):
+                            ("jupyterlab_widgets", "jupyterlab_widgets"), ("nbconvert", "nbconvert")):
         if find_spec(module) is None:
             missing.append(f"{package} (`pip install -e '.[notebooks]'`)")
     return missing
@@ -109,6 +115,15 @@ def lab_dir(tiny_run, report_dirs, tmp_path):
     nb.metadata.pop("papermill", None)
     nbformat.write(nb, copy)
     return root
+
+
+def fresh_screenshots(prefix: str) -> dict[str, Path]:
+    """This test's screenshot paths (before, after, failure), with its previous run's removed."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shots = {name: ARTIFACTS / f"{prefix}_{name}.png" for name in ("before", "after", "failure")}
+    for path in shots.values():
+        path.unlink(missing_ok=True)
+    return shots
 
 
 def free_port() -> int:
@@ -209,6 +224,9 @@ def page(jupyterlab, tmp_path):
             args=CHROMIUM_ARGS, viewport={"width": 1500, "height": 1000})
         try:
             page = context.pages[0] if context.pages else context.new_page()
+            page.console_errors = []  # printed when a test fails
+            page.on("console", lambda m: page.console_errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda error: page.console_errors.append(str(error)))
             yield page
         finally:
             context.close()
@@ -220,9 +238,7 @@ def test_tuner_in_jupyterlab(tiny_run, jupyterlab, page, tmp_path):
     from playwright.sync_api import expect
 
     start = time.monotonic()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*.png"):
-        old.unlink()
+    shots = fresh_screenshots("jupyterlab")
     known = tiny_run.classes[:-1]  # as the notebook passes them to the tuner
     val = rl.openset.Outputs.from_run(tiny_run, "val")
     thresholds_file = tmp_path / "thresholds.json"
@@ -271,7 +287,7 @@ def test_tuner_in_jupyterlab(tiny_run, jupyterlab, page, tmp_path):
         target = next(k for k in candidates if k_min <= k <= k_max and abs(k - before_k) >= 0.25 and
                       f"{rl.openset.tune(val, k=k, classes=known)['macro_f1']:.4f}" != before_text)
         tuner.scroll_into_view_if_needed()
-        page.screenshot(path=str(ARTIFACTS / "before.png"))
+        page.screenshot(path=str(shots["before"]))
 
         # Move the slider as a keyboard user does: focus the handle, arrow keys (one step of 0.1 each).
         handle.focus()
@@ -285,12 +301,16 @@ def test_tuner_in_jupyterlab(tiny_run, jupyterlab, page, tmp_path):
         expect(readout.locator("span.macro-f1")).to_have_text(expected, timeout=UPDATE_MS)
         assert expected != before_text
 
+        # Once the slider settles the kernel recomputes in full: the confusion matrix is redrawn at the new k.
+        expect(tuner.locator("img.receiptlib-tuner-confusion")).to_have_attribute(
+            "title", re.compile(rf"k = {target:.1f},"), timeout=UPDATE_MS)
+
         # Save: the file now holds the thresholds at the new k.
         page.get_by_role("button", name="save thresholds").click()
         expect(status).to_contain_text(f"k={target:.1f}", timeout=UPDATE_MS)
-        expect(statusbar).to_contain_text(re.compile(r"\| Idle"), timeout=KERNEL_MS)  # confusion matrix redrawn
+        expect(statusbar).to_contain_text(re.compile(r"\| Idle"), timeout=KERNEL_MS)
         tuner.scroll_into_view_if_needed()
-        page.screenshot(path=str(ARTIFACTS / "after.png"))
+        page.screenshot(path=str(shots["after"]))
         detector = rl.openset.load_thresholds(thresholds_file, classes=known)
         assert isinstance(detector, rl.openset.PerClassLogit)
         assert detector.params["k"] == pytest.approx(new_k, abs=1e-9)
@@ -299,13 +319,155 @@ def test_tuner_in_jupyterlab(tiny_run, jupyterlab, page, tmp_path):
         assert rl.openset.evaluate(detector, val)["macro_f1"] == pytest.approx(
             rl.openset.tune(val, k=new_k, classes=known)["macro_f1"])
         expect(page.get_by_text("Error displaying widget")).to_have_count(0)
+        # outputs made in this session are trusted, so the kernel-free tuner's script ran here too
+        expect(notebook.locator(".receiptlib-kernel-free-tuner[data-ready] .rl-readout")).to_have_count(1)
     except BaseException:
         try:
-            page.screenshot(path=str(ARTIFACTS / "failure.png"))
+            page.screenshot(path=str(shots["failure"]))
         finally:
-            print(f"\nbrowser test failed; screenshot {ARTIFACTS / 'failure.png'}, "
+            print(f"\nbrowser test failed; screenshot {shots['failure']}, console errors {page.console_errors[-10:]}, "
                   f"JupyterLab log (last lines):\n{jupyterlab['log'].read_text()[-2000:]}")
         raise
     print(f"\nbrowser test: k {before_k:.1f} -> {new_k:.1f}, macro-F1 {before_text} -> {expected}, "
           f"{time.monotonic() - start:.0f} s in the browser")
-    print(f"screenshots: {ARTIFACTS / 'before.png'} {ARTIFACTS / 'after.png'}")
+    print(f"screenshots: {shots['before']} {shots['after']}")
+
+
+# -- the kernel-free tuner in the executed notebook's HTML export ------------------------------------------
+@pytest.fixture
+def exported_04(tiny_run, report_dirs, tmp_path):
+    """Notebook 04 executed on the tiny preset (as `make report` executes it), then exported to HTML with
+    nbconvert: the page a reader opens without Jupyter."""
+    from nbconvert import HTMLExporter
+
+    executed = tmp_path / NOTEBOOK.name
+    rl.report.execute(NOTEBOOK, executed, {
+        "PRESET": "tiny", "SEED": 0, "DATA_ROOT": str(report_dirs["data"]), "FIGURES_DIR": str(tmp_path / "figures"),
+        "RESULTS_DIR": str(tmp_path / "results"), "THRESHOLDS_FILE": str(tmp_path / "thresholds.json")},
+        cwd=NOTEBOOK.parent)
+    body, _ = HTMLExporter(template_name="lab").from_filename(str(executed))
+    page = tmp_path / "04_thresholds.html"
+    page.write_text(body, encoding="utf-8")
+    return page
+
+
+@pytest.fixture
+def offline_page(browser_requirements, tmp_path):
+    """A headless Chromium page that can load files only: every other request (a CDN's script, a kernel's
+    websocket) is refused and recorded in page.refused."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.refused, page.errors = [], []
+            page.on("pageerror", lambda error: page.errors.append(str(error)))
+
+            def route(r):
+                if r.request.url.startswith("file://"):
+                    r.continue_()
+                else:
+                    page.refused.append(r.request.url)
+                    r.abort()
+
+            page.route("**/*", route)
+            yield page
+        finally:
+            browser.close()
+
+
+def shown(tuner, field: str) -> float:
+    """The exact value behind a readout field (the page keeps it beside the rounded text)."""
+    return float(tuner.locator(f".rl-readout .{field}").get_attribute("data-value"))
+
+
+def check_grid_point(tuner, val, known, i: int, *, confusion: bool):
+    """The readout (and with ``confusion`` the confusion counts) at grid index i equal `openset.tune` there."""
+    from playwright.sync_api import expect
+
+    k = rl.openset.k_grid()[i]
+    expected = rl.openset.tune(val, k=k, classes=known)
+    expect(tuner.locator(".rl-readout .k")).to_have_text(f"{k:g}")
+    for field in ("macro_f1", "other_f1", "other_precision", "other_recall"):
+        css = field.replace("_", "-")
+        assert shown(tuner, css) == expected[field], (k, field)
+        assert tuner.locator(f".rl-readout .{css}").inner_text() == f"{expected[field]:.{4 if 'f1' in field else 3}f}"
+    if confusion:
+        expect(tuner.locator("table.rl-confusion")).to_have_attribute("data-k", f"{k:g}")
+        counts = tuner.locator("td.rl-count").evaluate_all("cells => cells.map(c => Number(c.dataset.count))")
+        assert counts == [n for row in expected["confusion"] for n in row], k
+    return expected
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_kernel_free_tuner_in_the_html_export(tiny_run, exported_04, offline_page, tmp_path):
+    from playwright.sync_api import expect
+
+    start, page = time.monotonic(), offline_page
+    shots = fresh_screenshots("kernel_free")
+    known = tiny_run.classes[:-1]
+    val = rl.openset.Outputs.from_run(tiny_run, "val")
+    try:
+        page.goto(exported_04.as_uri())
+        tuner = page.locator(".receiptlib-kernel-free-tuner[data-ready]")
+        expect(tuner).to_have_count(1, timeout=UPDATE_MS)
+        expect(tuner.locator(".rl-note")).to_have_count(0)  # the no-script note gives way to the tuner
+
+        # What the page embeds is the library's tune at every grid point, as the notebook computed it.
+        grid = embedded(exported_04.read_text(encoding="utf-8"))["grid"]
+        assert [g["k"] for g in grid] == rl.openset.k_grid()
+        for g in grid:
+            expected = rl.openset.tune(val, k=g["k"], classes=known)
+            assert all(g[key] == expected[key] for key in ("macro_f1", "other_f1", "other_precision", "other_recall",
+                                                           "confusion")), g["k"]
+        slider = tuner.locator("input.rl-k")
+        n = int(slider.get_attribute("max")) + 1
+        assert n == len(rl.openset.k_grid())
+        before = int(slider.input_value())
+        check_grid_point(tuner, val, known, before, confusion=True)
+        tuner.scroll_into_view_if_needed()
+        page.screenshot(path=str(shots["before"]))
+
+        # Drag the handle with the mouse towards the far end: while the button is down the readout follows
+        # the handle (input events) and the confusion counts stay; on release (change) they follow.
+        box = slider.bounding_box()
+        x_at = lambda i: box["x"] + 8 + (box["width"] - 16) * i / (n - 1)  # noqa: E731  (thumb about 16 px wide)
+        target = n - 1 - n // 6 if before < n // 2 else n // 6
+        page.mouse.move(x_at(before), box["y"] + box["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(x_at(target), box["y"] + box["height"] / 2, steps=8)
+        dragged = int(slider.input_value())
+        assert abs(dragged - target) <= 2 and dragged != before, (before, target, dragged)
+        check_grid_point(tuner, val, known, dragged, confusion=False)
+        expect(tuner.locator("table.rl-confusion")).to_have_attribute("data-k", f"{rl.openset.k_grid()[before]:g}")
+        expect(tuner.locator(".rl-state")).to_contain_text("dragging")
+        page.mouse.up()
+        expected = check_grid_point(tuner, val, known, dragged, confusion=True)
+        expect(tuner.locator(".rl-state")).to_have_text("")
+        page.screenshot(path=str(shots["after"]))
+
+        # A preset: the slider jumps to its grid point and the note says where it lands.
+        presets = {p.name: p for p in rl.openset.threshold_presets(rl.openset.tune_grid(val, classes=known))}
+        tuner.locator("button.rl-preset[data-preset='tpr95']").click()
+        assert int(slider.input_value()) == presets["tpr95"].index
+        check_grid_point(tuner, val, known, presets["tpr95"].index, confusion=True)
+        expect(tuner.locator(".rl-preset-note")).to_contain_text(f"k = {presets['tpr95'].k:g}")
+        if presets["tpr95"].warning:
+            expect(tuner.locator(".rl-preset-note")).to_contain_text("Warning:")
+
+        # The keyboard moves one grid point, as a release does.
+        slider.focus()
+        slider.press("ArrowRight" if presets["tpr95"].index < n - 1 else "ArrowLeft")
+        check_grid_point(tuner, val, known, int(slider.input_value()), confusion=True)
+        assert not [e for e in page.errors if "rl-" in e or "receiptlib" in e], page.errors
+        assert all(url.startswith(("http://", "https://", "ws://", "wss://")) for url in page.refused)
+    except BaseException:
+        page.screenshot(path=str(shots["failure"]), full_page=True)
+        print(f"\nkernel-free browser test failed; screenshot {shots['failure']}; page errors {page.errors}")
+        raise
+    print(f"\nkernel-free tuner: k {rl.openset.k_grid()[before]:g} -> {rl.openset.k_grid()[dragged]:g} by a drag "
+          f"(macro-F1 {expected['macro_f1']:.4f}), {len(page.refused)} network requests refused, "
+          f"{time.monotonic() - start:.0f} s in the browser")
+    print(f"screenshots: {shots['before']} {shots['after']}")

@@ -1,5 +1,6 @@
 """Each report notebook runs through papermill on the tiny preset; we assert on the JSON it saved."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,10 @@ def check_04(results):
     for row in results["test"].values():
         assert 0.0 <= row["macro_f1"] <= 1.0
     assert results["best_k"] in results["val_macro_f1_vs_k"]["k"]
+    presets = {p["name"]: p for p in results["presets"]}
+    assert set(presets) == {"tpr95", "youden", "macro_f1", "reject_rate"} and presets["macro_f1"]["k"] == results["best_k"]
+    assert all(p["k"] in results["val_macro_f1_vs_k"]["k"] and p["boundary"] == (p["warning"] is not None)
+               for p in presets.values())
 
 
 def check_05(results):
@@ -83,6 +88,11 @@ def check_07(results):
     for row in table.values():
         assert 0.0 <= row["macro_f1"] <= 1.0 and 0.0 <= row["auroc"] <= 1.0
     assert "kind of photo" in results["error_rate_by"]
+    assert any(name.startswith("TTAMaxLogit") for name in table)  # Voting's equal-compute baseline
+    assert set(results["intervals"]) == set(table) and results["best"] in table
+    for name, iv in results["intervals"].items():
+        assert iv["low"] <= table[name]["macro_f1"] + 1e-9 and table[name]["macro_f1"] <= iv["high"] + 1e-9
+    assert results["intervals"][results["interval_reference"]]["diff_high"] == 0.0  # paired with itself
 
 
 CHECKS = {"01": check_01, "02": check_02, "03": check_03, "04": check_04, "05": check_05, "06": check_06,
@@ -100,7 +110,12 @@ def test_notebook_runs_on_tiny_preset(notebook, report_dirs):
         "FIGURES_DIR": str(report_dirs["figures"]),
         "RESULTS_DIR": str(report_dirs["results"]),
     }
-    rl.report.execute(notebook, report_dirs["notebooks"] / notebook.name, params, cwd=notebook.parent)
+    executed = report_dirs["notebooks"] / notebook.name
+    rl.report.execute(notebook, executed, params, cwd=notebook.parent)
+    first = next(c for c in json.loads(executed.read_text())["cells"] if c["cell_type"] == "markdown")
+    listing = "".join(first["source"])  # the parameters it ran with, in prose and one line each
+    assert "It ran on the `tiny` preset with seed 0" in listing and '- `PRESET = "tiny"` (passed)' in listing
+    assert f'- `DATA_ROOT = "{report_dirs["data"]}"` (passed)' in listing
     results = json.loads((report_dirs["results"] / f"{notebook.stem}.json").read_text())
     assert results["meta"]["preset"] == "tiny"
     figures = list(report_dirs["figures"].glob(f"{notebook.name[:2]}_*.png"))
@@ -119,3 +134,9 @@ def test_every_notebook_has_a_check_and_a_parameters_cell():
         assert "SEED" in tagged[0].source and "PRESET" in tagged[0].source
         sources = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
         assert "import receiptlib as rl" in sources and "sys.path" not in sources and "import *" not in sources
+        # the committed copy's first markdown cell lists the parameters its last run had, as the runner writes it
+        doc = json.loads(path.read_text())
+        first = next(c for c in nb.cells if c.cell_type == "markdown")
+        listed = "".join(next(c for c in rl.report.describe_parameters(doc)["cells"] if c["cell_type"] == "markdown")["source"])
+        assert rl.report.runner.PARAMETERS_BEGIN in first.source and first.source == listed, path.name
+        assert all(f"- `{name} = " in first.source for name in re.findall(r"^(\w+) = ", tagged[0].source, re.M))

@@ -9,7 +9,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from receiptlib import openset as os_
 from receiptlib.openset import (KNN, Energy, GlobalSoftmax, LogitDistance, Mahalanobis, MaxLogit, MaxSoftmax,
-                                Outputs, PerClassLogit, Voting)
+                                Outputs, PerClassLogit, TTAMaxLogit, Voting)
 from receiptlib.openset.distances import _KthNeighbour
 
 CLASSES = ["JewelOsco", "Aldi", "Bilo", "Coop", "Dm"]  # known classes; Other is index 5
@@ -71,6 +71,7 @@ def test_fast_macro_f1_is_sklearns(val):
 
 
 ALL = [lambda: GlobalSoftmax(), lambda: PerClassLogit(), lambda: PerClassLogit(rule="macro_f1"), lambda: Voting(n=8),
+       lambda: TTAMaxLogit(n=8),
        lambda: LogitDistance("mahalanobis"), lambda: LogitDistance("mahalanobis", covariance="per_class"),
        lambda: LogitDistance("knn", k=5), MaxSoftmax, MaxLogit, Energy, Mahalanobis, lambda: KNN(k=10)]
 
@@ -214,7 +215,7 @@ def test_voting_min_agreement_and_continuous_score(val, test):
     lower, higher = agreement[:, None] > agreement[None, :], score[:, None] < score[None, :]
     assert higher[lower].all()  # the tie-break never reorders agreement levels
     fitted = Voting(n=4).fit(val)
-    assert 0 < fitted.min_agreement_ <= 1
+    assert 0 <= fitted.other_threshold_ < 1 + 1 / 5  # on the score's scale: 1 - agreement + tie-break
     with pytest.raises(ValueError, match="needs 16 augmented passes"):
         Voting(n=16).fit(val)
 
@@ -524,3 +525,73 @@ def test_knn_k_stays_within_a_class_of_the_reference_set():
     uncapped = _KthNeighbour(KNN._normalise(small_val.features[small_val.labels < C]), 50)
     uncapped = roc_auc_score(small_test.labels == C, uncapped(KNN._normalise(small_test.features)))
     assert capped > 0.8 and capped > uncapped + 0.2  # uncapped: 0.59 here, 0.21 in the report
+
+
+# --- Voting decides on the score it is ranked by; its equal-compute baseline -------------------
+def test_voting_decides_on_its_continuous_score(val, test):
+    det = Voting(n=8).fit(val)
+    score = det.score(test)
+    assert len(np.unique(score)) > 9  # continuous, not nine agreement levels
+    np.testing.assert_array_equal(det.predict(test) == C, score > det.other_threshold_)
+    _, agreement, _ = det._votes(test)
+    given = Voting(n=8, min_agreement=0.75).fit(val)
+    np.testing.assert_array_equal(given.predict(test) == C, agreement < 0.75)
+
+
+def test_tta_max_logit_is_max_logit_on_the_mean_pass(val, test):
+    det = TTAMaxLogit(n=8).fit(val)
+    mean = test.tta_logits[:, :8].mean(1)
+    np.testing.assert_allclose(det.score(test), -mean.max(1))
+    assert (det.known_prediction(test) == mean.argmax(1)).all()
+    with pytest.raises(ValueError, match="needs 9 augmented passes"):
+        TTAMaxLogit(n=9).fit(val)
+
+
+# --- out-of-sample references -----------------------------------------------------------------
+def test_distance_detectors_take_their_reference_from_train_not_val(val, test):
+    train = make_outputs(7)
+    known = train.labels < C
+    train = Outputs(train.logits[known], train.labels[known], features=train.features[known])
+    det = Mahalanobis().fit(val, train=train)
+    for c in range(C):  # class means of the train photos, not of the val photos it is thresholded on
+        np.testing.assert_allclose(det.means_[c], train.features[train.labels == c].mean(0))
+        assert not np.allclose(det.means_[c], val.features[val.labels == c].mean(0))
+    knn = KNN(k=10).fit(val, train=train)
+    assert knn.knn_.nn.n_samples_fit_ == len(train.labels)
+    assert LogitDistance().fit(val, train=train).means_.shape == (C, C)
+
+
+# --- intervals ---------------------------------------------------------------------------------
+def test_weighted_macro_f1_with_unit_weights_is_macro_f1(val):
+    rng = np.random.default_rng(3)
+    pred = np.where(rng.random(len(val.labels)) < 0.3, rng.integers(0, C + 1, len(val.labels)), val.labels)
+    got = os_.weighted_macro_f1(val.labels, pred, np.ones((1, len(pred))), num_known=C)
+    assert got[0] == pytest.approx(macro_f1(val.labels, pred), abs=1e-12)
+
+
+def test_the_bootstrap_resamples_other_photos_by_chain():
+    labels = np.array([0, 0, 1, 1, 1, C, C, C, C, C])
+    chains = np.array([None] * 5 + ["A", "A", "A", "B", "B"], dtype=object)
+    w = os_.bootstrap_weights(labels, C, other_groups=chains, n=500, seed=0)
+    assert w.shape == (500, 10)
+    assert (w[:, :5].sum(1) == 5).all()  # five known draws, photo by photo
+    assert (w[:, 5] == w[:, 6]).all() and (w[:, 6] == w[:, 7]).all() and (w[:, 8] == w[:, 9]).all()
+    assert set(np.unique(w[:, 5] + w[:, 8])) == {2}  # two chains drawn, each with all its photos
+    assert (w[:, 5] == 0).any() and (w[:, 5] == 2).any()
+    with pytest.raises(ValueError, match="every Other photo needs its group"):
+        os_.bootstrap_weights(labels, C, other_groups=[None] * 10)
+
+
+def test_bootstrap_intervals_are_paired(val, test):
+    a = PerClassLogit(rule="macro_f1").fit(val).predict(test)
+    b = MaxLogit().fit(val).predict(test)
+    chains = np.where(test.labels == C, np.arange(len(test.labels)) % 7, -1).astype(object)
+    res = os_.bootstrap_macro_f1(test.labels, {"a": a, "b": b, "a again": a.copy()}, num_known=C,
+                                 other_groups=chains, reference="a", n=300, seed=0)
+    for row in res.values():
+        assert row["low"] <= row["macro_f1"] <= row["high"]
+    assert res["a"]["macro_f1"] == pytest.approx(macro_f1(test.labels, a))
+    assert res["a again"]["diff_low"] == res["a again"]["diff_high"] == 0.0  # paired: the same resamples
+    assert res["b"]["diff_low"] <= res["b"]["diff_vs_reference"] <= res["b"]["diff_high"]
+    acc = os_.bootstrap_accuracy(np.r_[np.ones(90), np.zeros(10)], n=500)
+    assert acc["accuracy"] == 0.9 and acc["low"] < 0.9 < acc["high"]

@@ -85,19 +85,20 @@ def test_readme_section_is_regenerated_in_place(tmp_path):
 
 def test_committed_readme_matches_committed_results():
     results_dir = REPO / "results"
-    results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+    # the report preset's results, and another preset's summarised beside them (results/hard/)
+    results = [json.loads(p.read_text()) for p in sorted(results_dir.rglob("*.json"))]
     text = section((REPO / "README.md").read_text()).strip()
     assert text == rl.report.summary(results_dir).strip(), "README's results section is stale: run `make report`"
     assert numbers_are_from(text, results) == []
 
 
-def test_runner_records_its_timings_and_the_summary_cites_them(tmp_path):
+def test_runner_records_its_timings_and_the_summary_cites_them(tmp_path, capfd):
     import nbformat
 
     nb_dir, out_dir, results = tmp_path / "notebooks", tmp_path / "executed", tmp_path / "results"
     nb_dir.mkdir()
     for name in ("01_a.ipynb", "02_b.ipynb"):
-        cell = nbformat.v4.new_code_cell("SEED = 0\nPRESET = 'quick'\nRESULTS_DIR = None")
+        cell = nbformat.v4.new_code_cell("SEED = 0\nPRESET = 'quick'\nDATA_DIR = None\nRESULTS_DIR = None  # results")
         cell.metadata["tags"] = ["parameters"]
         root = rl.report.project_root()
         shown, elsewhere, image = root / "figures" / "x.png", f"/backup{root}/y.png", f"{root}/abc"  # paths a cell prints
@@ -106,9 +107,16 @@ def test_runner_records_its_timings_and_the_summary_cites_them(tmp_path):
         nb = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_code_cell(code)])
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, nb_dir / name)
-    timings = rl.report.run_report(notebooks_dir=nb_dir, output_dir=out_dir, log=lambda *_: None,
+    capfd.readouterr()
+    logged = []
+    timings = rl.report.run_report(notebooks_dir=nb_dir, output_dir=out_dir, log=logged.append,
                                    parameters={"DATA_DIR": str(tmp_path), "RESULTS_DIR": str(results)})
     assert [t["notebook"] for t in timings] == ["01_a.ipynb", "02_b.ipynb"]
+    # The log: one line per notebook, then the total; the kernels wrote nothing to the terminal (ipykernel's
+    # "running over TCP without encryption" warning came once per notebook before the runner encrypted it).
+    assert [re.sub(r"\d+ s", "N s", line) for line in logged] == ["01_a.ipynb: N s", "02_b.ipynb: N s",
+                                                                "report: 2 notebooks in N s with the data"]
+    assert capfd.readouterr().err == ""
     assert sorted(p.name for p in out_dir.iterdir()) == ["01_a.ipynb", "02_b.ipynb"]
     executed = nbformat.read(out_dir / "01_a.ipynb", as_version=4)
     nbformat.validate(executed)
@@ -116,6 +124,9 @@ def test_runner_records_its_timings_and_the_summary_cites_them(tmp_path):
     assert stream.text.splitlines() == ["figures/x.png", elsewhere]  # no checkout folder; a path that only contains it kept
     assert shown_image.data["image/png"] == image  # images untouched
     assert str(shown) in executed.cells[-1].source  # the code as written
+    listing = executed.cells[0]  # a notebook without a markdown cell gets one, listing the parameters
+    assert listing.cell_type == "markdown" and "It ran on the `quick` preset with seed 0" in listing.source
+    assert f'- `RESULTS_DIR = "{results}"` (passed)' in listing.source and "`DATA_DIR = " in listing.source
     record = json.loads((results / rl.report.REPORT_FILE).read_text())
     assert record["notebooks"] == timings and record["data_seconds"] is None  # DATA_DIR given: nothing generated
     assert record["total_seconds"] == pytest.approx(sum(t["seconds"] for t in timings), abs=0.2)
@@ -126,6 +137,26 @@ def test_runner_records_its_timings_and_the_summary_cites_them(tmp_path):
     text = rl.report.summary(results)
     assert f"took {record['total_minutes']} minutes on {record['meta']['machine']}" in text
     assert numbers_are_from(text, [record, notebook_result]) == []
+
+
+def test_first_markdown_cell_lists_the_parameters_once_per_run():
+    import nbformat
+
+    params = nbformat.v4.new_code_cell('PRESET = "quick"  # data preset\nSEED = 0\nDATA_ROOT = None  # None: data/<PRESET>')
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 09 · A title\n\nTwo sentences."), params])
+    nb.metadata["papermill"] = {"parameters": {"PRESET": "tiny", "SEED": 3, "DATA_ROOT": f"{REPO}/data"}}
+    doc = rl.report.describe_parameters(json.loads(nbformat.writes(nb)), root=REPO)
+    text = "".join(doc["cells"][0]["source"])
+    assert text.startswith("# 09 · A title\n\nTwo sentences.\n\n")
+    assert ("It ran on the `tiny` preset with seed 3, and with `DATA_ROOT = \"data\"`, as passed to papermill" in text)
+    assert '- `PRESET = "tiny"` (passed)' in text and '- `DATA_ROOT = "data"` (passed)' in text  # no checkout folder
+    assert "(default" not in text  # every parameter was passed
+    del doc["metadata"]["papermill"]["parameters"]["SEED"]  # the next run in place: one block, the new one
+    again = "".join(rl.report.describe_parameters(doc, root=REPO)["cells"][0]["source"])
+    assert again.count("Parameters of this run") == 1 and "- `SEED = 0` (default)" in again
+    assert "with seed 3" not in again and again.startswith("# 09 · A title\n\nTwo sentences.\n\n")
+    nbformat.validate(nbformat.reads(json.dumps(doc), as_version=4))
 
 
 def test_notebook_seeds_the_global_generators(tmp_path):

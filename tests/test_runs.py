@@ -97,8 +97,10 @@ def test_run_api_outputs_evaluate_tta_and_load_model(shapes, tmp_path):
 
     model = run.load_model("last", device="cpu")
     assert not model.training and model.fc.out_features == 3
+    train = run.outputs("train")  # the training photos too: the distance detectors' reference set
+    assert len(train["labels"]) == len(train["paths"]) and (train["labels"] < 3).all()
     with pytest.raises(FileNotFoundError, match="no cached outputs"):
-        run.outputs("train")
+        run.outputs("dev")
     with pytest.raises(ValueError, match="which="):
         run.load_model("first")
 

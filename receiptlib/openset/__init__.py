@@ -13,20 +13,25 @@ instead (the OOD literature's operating point, for a val set without Other). Tes
 
 Modules: base (Outputs, the threshold rule, Detector), detectors (the logit detectors and the registry),
 distances (logit distance, Mahalanobis, k-NN), evaluation (metrics and the protocol), thresholds (the
-thresholds file), decision (any Other decision as a function of logits). numpy, scipy and scikit-learn only.
+thresholds file), decision (any Other decision as a function of logits), operating (the per-class rule over a
+grid of k, and the threshold presets), intervals (the paired cluster bootstrap on test). numpy, scipy and
+scikit-learn only.
 """
 from __future__ import annotations
 
 from .base import Detector, Outputs, as_outputs, f1_from_counts, fit_threshold, macro_f1_sweep
 from .decision import Decision, as_decision
-from .detectors import (METHODS, Energy, GlobalSoftmax, MaxLogit, MaxSoftmax, PerClassLogit, Voting,
+from .detectors import (METHODS, Energy, GlobalSoftmax, MaxLogit, MaxSoftmax, PerClassLogit, TTAMaxLogit, Voting,
                         default_detectors, make_detector)
 from .distances import KNN, LogitDistance, Mahalanobis
+from .intervals import (bootstrap_accuracy, bootstrap_macro_f1, bootstrap_weights, detector_intervals,
+                        weighted_macro_f1)
 from .evaluation import detector_table, evaluate, fit_and_evaluate, macro_f1, metrics, tune
+from .operating import OperatingPoint, k_grid, kept_and_caught, threshold_presets, tune_grid
 from .thresholds import SCHEMA, SCHEMA_VERSION, detector_from_doc, load_thresholds, save_thresholds, thresholds_doc
 
 __all__ = ["Decision", "Detector", "Energy", "GlobalSoftmax", "KNN", "LogitDistance", "METHODS", "Mahalanobis",
-           "MaxLogit", "MaxSoftmax", "Outputs", "PerClassLogit", "SCHEMA", "SCHEMA_VERSION", "Voting", "as_decision",
-           "as_outputs", "default_detectors", "detector_from_doc", "detector_table", "evaluate", "f1_from_counts", "fit_and_evaluate",
-           "fit_threshold", "load_thresholds", "macro_f1", "macro_f1_sweep", "make_detector", "metrics",
-           "save_thresholds", "thresholds_doc", "tune"]
+           "MaxLogit", "MaxSoftmax", "OperatingPoint", "Outputs", "PerClassLogit", "SCHEMA", "SCHEMA_VERSION", "TTAMaxLogit", "Voting", "as_decision",
+           "as_outputs", "bootstrap_accuracy", "bootstrap_macro_f1", "bootstrap_weights", "default_detectors", "detector_from_doc", "detector_intervals", "detector_table", "evaluate", "f1_from_counts", "fit_and_evaluate",
+           "fit_threshold", "k_grid", "kept_and_caught", "load_thresholds", "macro_f1", "macro_f1_sweep", "make_detector", "metrics",
+           "save_thresholds", "threshold_presets", "thresholds_doc", "tune", "tune_grid", "weighted_macro_f1"]

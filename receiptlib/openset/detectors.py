@@ -171,9 +171,10 @@ class PerClassLogit(Detector):
 
 class Voting(Detector):
     """The paper's first proposal (IX): n augmented passes, majority vote; Other when the agreement
-    (votes of the winner / n) is below ``min_agreement`` (fitted on val by macro-F1 unless given).
-    Ties between classes go to the higher mean logit. Score = 1 - agreement plus a tie-break in
-    [0, 1/(n+1)) that falls with the winner's mean logit, so AUROC sees a continuous score."""
+    (votes of the winner / n) is low. Ties between classes go to the higher mean logit. Score = 1 -
+    agreement plus a tie-break in [0, 1/(n+1)) that falls with the winner's mean logit: one continuous
+    score, which the threshold (fitted on val by macro-F1) decides on and AUROC ranks. ``min_agreement``
+    given: Other exactly when the agreement is below it."""
 
     method, needs = "voting", ("tta_logits",)
 
@@ -183,7 +184,8 @@ class Voting(Detector):
 
     def _given_threshold(self):
         a = self.params["min_agreement"]
-        return None if a is None else 1.0 - a
+        # the top of agreement a's tie-break band: agreement a stays known, the next level down is Other
+        return None if a is None else 1.0 - a + 1.0 / (self.params["n"] + 1)
 
     def _votes(self, data):
         n = self.params["n"]
@@ -196,25 +198,42 @@ class Voting(Detector):
         agreement = votes[np.arange(len(votes)), winner] / n
         return winner, agreement, mean_logit[np.arange(len(votes)), winner]
 
-    @property
-    def min_agreement_(self) -> float:
-        return 1.0 - self.other_threshold_
-
     def _known_prediction(self, data):
         return self._votes(data)[0]
-
-    def _decision_scores(self, data):
-        return 1.0 - self._votes(data)[1]
 
     def _score(self, data):
         _, agreement, winner_logit = self._votes(data)
         return 1.0 - agreement + expit(-winner_logit) / (self.params["n"] + 1)
 
 
+class TTAMaxLogit(Detector):
+    """Voting's equal-compute baseline: the max of the mean logits over the same n augmented passes
+    (score = -max mean logit; prediction = argmax of the mean)."""
+
+    method, needs = "tta-max-logit", ("tta_logits",)
+
+    def __init__(self, n: int = 8, rule: str = "macro_f1"):
+        super().__init__(rule=rule)
+        self.params = {"n": n, "rule": rule}
+
+    def _mean(self, data):
+        n = self.params["n"]
+        if data.tta_logits.shape[1] < n:
+            raise ValueError(f"TTAMaxLogit(n={n}) needs {n} augmented passes, tta_logits has "
+                             f"{data.tta_logits.shape[1]}")
+        return data.tta_logits[:, :n].mean(1)
+
+    def _known_prediction(self, data):
+        return self._mean(data).argmax(1)
+
+    def _score(self, data):
+        return -self._mean(data).max(1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Every detector by its method name
 # ---------------------------------------------------------------------------------------------
-METHODS = {cls.method: cls for cls in (GlobalSoftmax, PerClassLogit, Voting, LogitDistance, MaxSoftmax,
+METHODS = {cls.method: cls for cls in (GlobalSoftmax, PerClassLogit, Voting, TTAMaxLogit, LogitDistance, MaxSoftmax,
                                        MaxLogit, Energy, Mahalanobis, KNN)}
 
 
@@ -228,5 +247,5 @@ def make_detector(method: str, **params) -> Detector:
 def default_detectors() -> list[Detector]:
     """The paper's detectors, its two proposals and the modern anchors, in the table's order."""
     return [GlobalSoftmax(0.9), PerClassLogit(k=2.0), PerClassLogit(k=2.0, rule="macro_f1"), Voting(n=8),
-            LogitDistance("mahalanobis"), LogitDistance("knn"), MaxSoftmax(), MaxLogit(), Energy(),
+            TTAMaxLogit(n=8), LogitDistance("mahalanobis"), LogitDistance("knn"), MaxSoftmax(), MaxLogit(), Energy(),
             Mahalanobis(), KNN()]

@@ -92,7 +92,7 @@ class LogitDistance(Detector):
             return self.knn_(data.logits)
         pred = data.logits.argmax(1)
         diff = data.logits - self.means_[pred]
-        return np.einsum("ni,nij,nj->n", diff, self.precisions_[pred], diff)
+        return np.einsum("ni,nij,nj->n", diff, self.precisions_[pred], diff, optimize=True)
 
 
 class Mahalanobis(Detector):
@@ -114,8 +114,12 @@ class Mahalanobis(Detector):
         self.precision_ = np.linalg.pinv(cov, hermitian=True)
 
     def _score(self, data):
-        d2 = [np.einsum("ni,ij,nj->n", data.features - mu, self.precision_, data.features - mu) for mu in self.means_]
-        return 0.5 * np.min(d2, axis=0)
+        # (z - mu)^T P (z - mu) for every class mean as matrix products (BLAS), not a per-row einsum:
+        # z^T P z - 2 z^T P mu + mu^T P mu
+        z, mu, prec = data.features, self.means_, self.precision_
+        zp = z @ prec
+        d2 = (zp * z).sum(1)[:, None] - 2.0 * zp @ mu.T + ((mu @ prec) * mu).sum(1)[None, :]
+        return 0.5 * np.maximum(d2.min(axis=1), 0.0)
 
 
 class KNN(Detector):

@@ -102,6 +102,31 @@ def confusion(matrix, labels, *, title: str = "", ax=None, normalize: bool = Tru
     return ax.figure
 
 
+def operating_curve(grid, presets=(), *, baseline: tuple[str, float] | None = None, title: str = "per-class thresholds on val"):
+    """Macro-F1 and Other F1 on val against k of the per-class rule (`openset.tune_grid`), each threshold preset
+    (`openset.threshold_presets`) marked where it lands on the macro-F1 curve (red: picked at the grid's edge),
+    and an optional horizontal ``baseline`` (label, macro-F1)."""
+    import matplotlib.pyplot as plt
+
+    k = [g["k"] for g in grid]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    ax.plot(k, [g["macro_f1"] for g in grid], color="#4c72b0", label="macro-F1")
+    ax.plot(k, [g["other_f1"] for g in grid], color="#dd8452", label="Other F1")
+    if baseline is not None:
+        ax.axhline(baseline[1], color="grey", ls=":", label=baseline[0])
+    for i, p in enumerate(presets):
+        colour = "#c44e52" if p.boundary else "black"
+        ax.plot([p.k], [p.macro_f1], "o", color=colour, ms=5)
+        ax.annotate(p.label + (" (grid edge)" if p.boundary else ""), (p.k, p.macro_f1), xytext=(10, -18 - 12 * i),
+                    textcoords="offset points", fontsize=7, color=colour, arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.5},
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
+    ax.set(title=title, ylabel="F1 on val (0 to 1)",
+           xlabel="k: std below each class's mean max logit (higher k = lower thresholds = fewer photos called Other)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def throughput_figure(timings, *, image_size: int, batch_size: int, modes=("model", "end_to_end")):
     """Images per second per backend, one panel per mode, each bar beside its hardware ceiling (red: the
     images/s if every FLOP ran at the measured ceiling, ceiling_gflops / gflop_per_image). `timings` is

@@ -67,11 +67,23 @@ def summary(results_dir: str | Path = "results", *, link_prefix: str = "") -> st
         lines += [f"- **Other by thresholds** (fitted on val, macro-F1 on test): {rows}. {nb(r)}, {fig('04_f1_vs_k')}"]
     if "07" in found:
         r = found["07"]
-        lines += ["", f"Every Other detector, fitted on val and reported once on test ({nb(r)}, {fig('07_roc')}):", "",
-                  "| detector | macro-F1 | Other F1 | closed-set acc. | AUROC | FPR@95 |", "|---|---|---|---|---|---|"]
+        intervals = r.get("intervals") or {}
+        lines += ["", f"Every Other detector, fitted on val and reported once on test ({nb(r)}, {fig('07_roc')}"
+                  + ("; 95% intervals: paired bootstrap over test, Other photos resampled by chain" if intervals else "")
+                  + "):", "",
+                  "| detector | macro-F1 | 95% interval | Other F1 | closed-set acc. | AUROC | FPR@95 |",
+                  "|---|---|---|---|---|---|---|"]
         for name, v in r["test"].items():
-            lines.append(f"| `{name}` | {_num(v['macro_f1'])} | {_num(v['other_f1'])} | {_num(v['closed_set_accuracy'])} "
-                         f"| {_num(v['auroc'])} | {_num(v['fpr_at_95_tpr'])} |")
+            iv = intervals.get(name)
+            span = f"{_num(iv['low'])}–{_num(iv['high'])}" if iv else "n/a"
+            lines.append(f"| `{name}` | {_num(v['macro_f1'])} | {span} | {_num(v['other_f1'])} "
+                         f"| {_num(v['closed_set_accuracy'])} | {_num(v['auroc'])} | {_num(v['fpr_at_95_tpr'])} |")
+        if r.get("best"):
+            tied = ", ".join(f"`{n}`" for n in r.get("tied_with_best") or []) or "none"
+            lines.append(f"\nBest on test: `{r['best']}`; within noise of it (the paired interval of the difference "
+                         f"includes 0): {tied}.")
+    lines += other_preset_lines(results_dir / "hard", "hard", "every photo distortion at full strength, difficulty 1.0",
+                                shown=f"{link_prefix}results/hard")
     if "05" in found:
         lines += ["", *stn_section(found["05"], nb(found["05"]), fig)]
     if "06" in found:
@@ -97,6 +109,22 @@ def stn_section(r: dict, notebook: str, fig) -> list[str]:
     for row in r["summary"]:
         lines.append(f"| {STN_SLICES.get(row['slice'], row['slice'])} | {STN_METHOD_NAMES.get(row['method'], row['method'])} "
                      f"| {pm(row, 'accuracy')} | {pm(row, 'macro_f1')} |")
+    return lines
+
+
+def other_preset_lines(results_dir: Path, preset: str, what: str, *, shown: str) -> list[str]:
+    """The summary of another preset's report (`make report PRESET=...`), when its results are there: closed-set
+    accuracy and the detector table, so a reader sees how the method holds up beside the report's preset."""
+    files = {k: results_dir / f"{k}.json" for k in ("03_training", "07_beyond_thresholds")}
+    if not all(f.is_file() for f in files.values()):
+        return []
+    r3, r7 = (read_json(f) for f in files.values())
+    lines = ["", f"The `{preset}` preset ({what}; `make report PRESET={preset}`, {r3['meta']['date']}, "
+             f"results in `{shown}/`): closed-set accuracy on test {_num(r3.get('test_accuracy'))} "
+             f"(val {_num(r3.get('val_accuracy'))}); Other detectors, test macro-F1:", "",
+             "| detector | macro-F1 | Other F1 | AUROC |", "|---|---|---|---|"]
+    for name, v in r7["test"].items():
+        lines.append(f"| `{name}` | {_num(v['macro_f1'])} | {_num(v['other_f1'])} | {_num(v['auroc'])} |")
     return lines
 
 

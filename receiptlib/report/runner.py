@@ -1,7 +1,9 @@
 """The runner behind `receiptlib report` and `make report`: execute notebooks/NN_*.ipynb in order through
-papermill, record how long each took and on what, and regenerate the README's results section."""
+papermill, record how long each took and on what, and regenerate the README's results section. Its log has
+one line per notebook; each executed notebook's first markdown cell says the parameters it ran with."""
 from __future__ import annotations
 
+import html
 import json
 import os
 import time
@@ -16,6 +18,8 @@ from .notebook import map_strings, preset_dir, project_prefix, project_root
 from .readme import BEGIN, REPORT_FILE, update_readme
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+PARAMETERS_BEGIN = "<!-- parameters: written by receiptlib's runner from what papermill ran; replaced on every run -->"
+PARAMETERS_END = "<!-- parameters: end -->"
 
 
 class NotebookFailed(RuntimeError):
@@ -52,18 +56,25 @@ def notebooks(notebooks_dir: str | Path = "notebooks", only: list[str] | None = 
 
 def execute(notebook: str | Path, output: str | Path, parameters: dict, *, kernel_name: str = "python3",
             cwd: str | Path | None = None) -> float:
-    """Execute one notebook through papermill; returns seconds. Raises NotebookFailed naming the cell."""
+    """Execute one notebook through papermill; returns seconds. Raises NotebookFailed naming the cell.
+    The executed copy's first markdown cell then lists the parameters it ran with (`describe_parameters`)."""
     import papermill
+    import zmq
     from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
 
     notebook, output = Path(notebook), Path(output)
     # Progress bars off inside the kernel (it inherits this environment): tqdm bars stall papermill logs.
     os.environ["RECEIPTLIB_PROGRESS"] = "0"
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # ipykernel warns on stderr, once per kernel, when its sockets are plain TCP; the kernel manager gives it
+    # CurveZMQ keys where the kernelspec declares support ("auto"), so the channel is encrypted and it is quiet.
+    config = Config({"KernelManager": {"transport_encryption": "auto"}}) if zmq.has("curve") else Config()
     start = time.time()
     try:
         papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=kernel_name,
-                                   cwd=str(cwd or notebook.parent), progress_bar=False, log_output=False)
+                                   cwd=str(cwd or notebook.parent), progress_bar=False, log_output=False,
+                                   config=config)
     except PapermillExecutionError as err:
         source = err.source.strip().splitlines()
         first = source[0] if source else ""
@@ -71,7 +82,68 @@ def execute(notebook: str | Path, output: str | Path, parameters: dict, *, kerne
                              f"{first!r}): {err.ename}: {err.evalue}; the executed copy is {output}") from None
     except Exception as err:  # a dead kernel, a missing kernelspec, a timeout: still name the notebook
         raise NotebookFailed(f"{notebook.name} could not be executed: {type(err).__name__}: {err}") from err
-    return time.time() - start
+    seconds = time.time() - start
+    doc = json.loads(output.read_text(encoding="utf-8"))
+    write_notebook(output, describe_parameters(doc))
+    return seconds
+
+
+def write_notebook(path: str | Path, doc: dict) -> Path:
+    """Write a notebook document as papermill does: nbformat's layout, sorted keys, no final newline."""
+    return write_text(path, json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False))
+
+
+def describe_parameters(doc: dict, root: str | Path | None = None) -> dict:
+    """An executed notebook document (papermill's) with its first markdown cell listing the parameters it ran
+    with, in a sentence and one line each: those papermill injected, then the defaults of the cell tagged
+    `parameters`. The block sits between PARAMETERS_BEGIN and PARAMETERS_END, replaced on every run; a notebook
+    without a markdown cell gets one first. Paths inside the project are shown relative to it."""
+    from papermill.translators import PythonTranslator
+
+    prefix = project_prefix(root)
+    passed = doc.get("metadata", {}).get("papermill", {}).get("parameters", {})
+    source = lambda value: prefix.sub("", PythonTranslator.translate(value))  # noqa: E731  (as the injected cell)
+    cells = doc.setdefault("cells", [])
+    tagged = [c for c in cells if c.get("cell_type") == "code" and "parameters" in c.get("metadata", {}).get("tags", [])]
+    defaults = {}
+    if tagged:
+        cell = {"cell_type": "code", "metadata": {}, "source": "".join(tagged[0]["source"])}
+        defaults = {p.name: (prefix.sub("", p.default), p.help) for p in PythonTranslator.inspect(cell)}
+    kept = {name: value for name, value in defaults.items() if name not in passed}
+    lines = [PARAMETERS_BEGIN, f"**Parameters of this run.** {parameters_sentence(passed, source, bool(kept))}", ""]
+    lines += [f"- `{name} = {source(value)}` (passed)" for name, value in passed.items()]
+    lines += [f"- `{name} = {value}` (default{': ' + html.escape(help, quote=False) if help else ''})"
+              for name, (value, help) in kept.items()]  # escaped: "figures/<PRESET>/" is not an HTML tag
+    block = "\n".join([*lines, PARAMETERS_END])
+    first = next((c for c in cells if c.get("cell_type") == "markdown"), None)
+    if first is None:
+        first = {"cell_type": "markdown", "id": "parameters-of-this-run", "metadata": {}, "source": ""}
+        cells.insert(0, first)
+    text = "".join(first["source"])
+    if PARAMETERS_BEGIN in text:  # a notebook executed in place carries the previous run's block
+        before, rest = text.split(PARAMETERS_BEGIN, 1)
+        text, after = before, rest.split(PARAMETERS_END, 1)[-1]
+    else:
+        after = ""
+    text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + block + after
+    first["source"] = text.splitlines(keepends=True)
+    return doc
+
+
+def parameters_sentence(passed: dict, source, others: bool) -> str:
+    """The parameters papermill injected, in a sentence ("It ran on the `quick` preset with seed 0, as passed
+    to papermill; ..."); ``source`` writes a value as Python, ``others``: whether defaults are left."""
+    rest = dict(passed)
+    words = f" on the `{rest.pop('PRESET')}` preset" if isinstance(rest.get("PRESET"), str) else ""
+    if "SEED" in rest:
+        words += f" with seed {source(rest.pop('SEED'))}"
+    if rest:
+        words += (", and" if words else "") + " with " + ", ".join(f"`{name} = {source(value)}`"
+                                                                 for name, value in rest.items())
+    if not words:
+        return "Nothing was passed to papermill: it ran with the defaults of the cell tagged `parameters`."
+    sentence = f"It ran{words}, as passed to papermill (the cell tagged `injected-parameters`)"
+    return sentence + ("; the other parameters kept the defaults of the cell tagged `parameters`." if others else ".")
 
 
 def relativize_project_paths(notebook: str | Path, root: str | Path) -> None:
@@ -84,8 +156,8 @@ def relativize_project_paths(notebook: str | Path, root: str | Path) -> None:
     doc = json.loads(notebook.read_text(encoding="utf-8"))
     stripped = map_strings(doc, lambda s: prefix.sub("", s),
                            keep=lambda key: key in ("source", "attachments") or key.startswith("image/"))
-    if stripped != doc:  # papermill's own writer: nbformat's layout, no final newline
-        write_text(notebook, json.dumps(stripped, indent=1, sort_keys=True, ensure_ascii=False))
+    if stripped != doc:
+        write_notebook(notebook, stripped)
 
 
 def run_report(*, preset: str = presets.REPORT_PRESET, seed: int = 0, only: list[str] | None = None,

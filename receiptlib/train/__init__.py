@@ -14,10 +14,10 @@ cache.py         get_or_train (the run cache) and report_config (a preset's Trai
 __main__.py      `torchrun --nproc_per_node=K -m receiptlib.train ...`
 """
 from .augment import augment_batch, colour_matrices, draw_augment, normalize_batch
-from .cache import get_or_train, report_config
+from .cache import get_or_train, report_config, upgrade
 from .checkpoint import rng_state, set_rng_state
 from .distributed import Dist, setup_dist
-from .fit import train, write_history, write_outputs
+from .fit import train, write_history, write_outputs, write_train_outputs
 from .loop import (NonFiniteLoss, amp_dtype, batch_plan, evaluate, make_ema, make_optimizer, make_scheduler,
                    run_epoch, train_one_epoch)
 from .recipe import RECIPES, Recipe, TrainConfig, get_recipe
@@ -27,4 +27,4 @@ __all__ = ["Recipe", "RECIPES", "get_recipe", "TrainConfig", "augment_batch", "c
            "normalize_batch", "CachedImages", "CachedTrain", "PerImageTrain", "subset_indices", "train_one_epoch",
            "evaluate", "run_epoch", "make_optimizer", "make_ema", "make_scheduler", "batch_plan", "amp_dtype",
            "NonFiniteLoss", "Dist", "setup_dist", "rng_state", "set_rng_state", "train", "write_history",
-           "write_outputs", "get_or_train", "report_config"]
+           "write_outputs", "write_train_outputs", "get_or_train", "report_config", "upgrade"]

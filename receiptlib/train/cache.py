@@ -7,7 +7,8 @@ from pathlib import Path
 from .. import presets
 from .. import runs as rruns
 from ..synth import ensure_dataset
-from .fit import train
+from ..common import pick_device
+from .fit import train, write_train_outputs
 from .recipe import TrainConfig
 
 
@@ -22,8 +23,21 @@ def get_or_train(config: TrainConfig, *, runs_root: str | Path = "data/runs", na
         rruns.check_same_identity(run.config.get("identity", {}), identity, run_dir)
         if verbose:
             print(f"[runs] reusing finished run {run_dir}")
-        return run
+        return upgrade(run, workers=config.workers)
     return train(config, run_dir=run_dir, resume=True, verbose=verbose)
+
+
+def upgrade(run: rruns.Run, *, workers: int = 0) -> rruns.Run:
+    """Give a finished run of an older receiptlib what a new one has: the slim artefact (model.safetensors)
+    and the training photos' outputs (the distance detectors' reference)."""
+    if not run.artefact_path.is_file():
+        run.write_artefact()
+    if not (run.path / "outputs" / "train_logits.npy").is_file() and (run.data_dir / "train").is_dir():
+        recipe = run.config.get("recipe") or {}
+        write_train_outputs(run.path, run.load_model(device="cpu"), data_dir=run.data_dir, known=run.known_classes,
+                            image_size=run.image_size, norm=dict(run.normalization), device=pick_device("cpu"),
+                            batch_size=int(recipe.get("eval_batch_size", 64)), workers=workers)
+    return run
 
 
 def report_config(preset: str, *, seed: int = 0, data_dir: str | Path | None = None) -> TrainConfig:

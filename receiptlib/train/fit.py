@@ -180,6 +180,19 @@ def write_outputs(run_dir: str | Path, split: str, logits, features, labels, pat
     write_text(out / f"{split}_paths.txt", "".join(f"{p}\n" for p in paths))
 
 
+def write_train_outputs(run_dir: str | Path, model: nn.Module, *, data_dir: str | Path, known: list[str], image_size: int,
+                        norm: dict, device: torch.device, batch_size: int = 64, workers: int = 0,
+                        channels_last: bool = False) -> None:
+    """The outputs of the training photos under the evaluation transform (no augmentation): the reference set
+    of the distance detectors (Mahalanobis, KNN, LogitDistance), so they are never fitted on the val photos
+    their thresholds are fitted on. Streamed, not cached in memory: the paper preset has 45,000 of them."""
+    ds = rdata.ReceiptFolder(data_dir, "train", classes=known,
+                             transform=rdata.eval_transform(image_size=image_size, **norm))
+    loader = rdata.make_loader(ds, batch_size=batch_size, shuffle=False, workers=workers, seed=None)
+    out = evaluate(model, nn.CrossEntropyLoss(), loader, device, channels_last=channels_last, keep_outputs=True)
+    write_outputs(run_dir, "train", out["logits"], out["features"], out["labels"], [p for p, _ in ds.samples])
+
+
 def _finalize(run_dir: Path, model: nn.Module, config: TrainConfig, recipe: Recipe, known: list[str],
               val: CachedImages | None, device: torch.device, arch: str, decode_seconds: float, norm: dict) -> None:
     """Outputs of the best checkpoint on val and test (all images, Other included), then metrics.json.
@@ -200,6 +213,9 @@ def _finalize(run_dir: Path, model: nn.Module, config: TrainConfig, recipe: Reci
         out = evaluate(bare, criterion, images.batches(batch_size=recipe.eval_batch_size), device,
                        channels_last=recipe.channels_last, keep_outputs=True)
         write_outputs(run_dir, split, out["logits"], out["features"], out["labels"], images.paths)
+    write_train_outputs(run_dir, bare, data_dir=config.data_dir, known=known, image_size=recipe.image_size, norm=norm,
+                        device=device, batch_size=recipe.eval_batch_size, workers=config.workers,
+                        channels_last=recipe.channels_last)
     history = ckpt["history"]
     metrics = {"best_epoch": int(ckpt["best_epoch"]), "epochs": recipe.epochs,
                "train_seconds": float(sum(r["seconds"] for r in history)), "decode_seconds": decode_seconds,
