@@ -10,7 +10,7 @@ import numpy as np
 
 from .base import Detector, as_outputs, f1_from_counts
 
-N_RESAMPLES = 2000  # the percentile interval's ends move by about 0.002 macro-F1 between seeds at this size
+N_RESAMPLES = 2000  # the interval's ends settle to about 0.002 between seeds (docs/decisions.md)
 LEVEL = 0.95
 
 
