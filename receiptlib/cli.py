@@ -289,10 +289,17 @@ def _predict(args) -> int:
             print(f"predict: {exc}; using {serving.REFERENCE}", file=sys.stderr)
             backend, why = serving.REFERENCE, "the fast choice cannot run here"
     if model is not None:
-        if model.card is None:
-            raise ValueError(f"{model.path} carries no model card (exported by an older receiptlib); rebuild it "
-                             f"with `receiptlib build-fast --run {run_dir}`")
-        classes, preprocessing = model.card.classes, model.card.preprocessing
+        if model.card is None:  # exported by an older receiptlib: the run folder still says what the model wants
+            print(f"predict: {model.path} carries no model card; using {run_dir}/config.json and classes.json "
+                  f"(`receiptlib build-fast --run {run_dir}` re-exports it with one)", file=sys.stderr)
+            config = read_json(run_dir / "config.json")
+            pre = config.get("preprocessing") or {}
+            size = pre.get("image_size") or (config.get("recipe") or {}).get("image_size") or config.get("image_size")
+            card = serving.ModelCard(config.get("arch", "resnet18"), list(run_classes)[:-1], serving.Preprocessing(
+                int(size or 224), **{k: tuple(pre[k]) for k in ("mean", "std") if k in pre}))
+        else:
+            card = model.card
+        classes, preprocessing = card.classes, card.preprocessing
         if classes + [OTHER] != list(run_classes):
             raise ValueError(f"{model.path} was exported for classes {classes}, but {run_dir}/classes.json lists "
                              f"{run_classes}; rebuild it with `receiptlib build-fast --run {run_dir}`")
@@ -438,12 +445,14 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .serving import BackendUnavailable as BackendUnavailableError  # torch-free; a missing backend is one line
+
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     verb = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(verb if verb in VERBS else None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, BackendUnavailableError) as err:
         # user mistakes (a missing run, a thresholds file of another model, a bad preset): one line, no traceback
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"receiptlib {args.verb}: {message}", file=sys.stderr)

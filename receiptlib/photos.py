@@ -158,10 +158,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
 # Folders
 # ----------------------------------------------------------------------------------------------
 
-def image_files(folder: str | Path, *, recursive: bool = True) -> list[Path]:
+def image_files(folder: str | Path, *, recursive: bool = True, unreadable: list | None = None) -> list[Path]:
     """Image files under ``folder``, sorted by relative path for a deterministic order; hidden files and
-    folders skipped. One walk (``os.scandir``), descending into symlinked folders too (photo collections are
-    often links to another disk), each real folder once, so a link cycle ends."""
+    folders skipped. One walk (``os.scandir``, entries in name order), descending into symlinked folders too
+    (photo collections are often links to another disk), each real folder once, so a link cycle ends.
+    A folder that cannot be listed is logged and, given a list ``unreadable``, appended to it as
+    ``(path, error message)``."""
     folder = Path(folder)
     found: list[tuple[str, Path]] = []
     seen: set[str] = set()
@@ -172,8 +174,12 @@ def image_files(folder: str | Path, *, recursive: bool = True) -> list[Path]:
             return
         seen.add(real)
         try:
-            entries = list(os.scandir(d))
-        except OSError:  # an unreadable subfolder: its photos cannot be listed, the rest still are
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e:  # an unreadable subfolder: its photos cannot be listed, the rest still are
+            message = f"{d}: cannot list folder ({e.strerror or e})"
+            log.warning(message)
+            if unreadable is not None:
+                unreadable.append((d, message))
             return
         for e in entries:
             if e.name.startswith("."):

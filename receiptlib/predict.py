@@ -38,7 +38,7 @@ COLUMNS = ["path", "label", "other_score", "top1", "top1_logit", "top2", "top2_l
 TOP_K = 3
 BATCH_SIZE = 16
 WORKERS = 1  # decoding threads beside the model; measured on 2 cores in docs/decisions.md
-AHEAD = 2    # batches decoded ahead of the model: bounded memory on a folder of any size
+AHEAD = 2    # batches decoding while the model runs one: bounded memory on a folder of any size
 
 
 def expand_inputs(paths: Sequence[str | Path], *, recursive: bool = True) -> list[tuple[str, str]]:
@@ -62,8 +62,11 @@ def expand_inputs(paths: Sequence[str | Path], *, recursive: bool = True) -> lis
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            files = image_files(p, recursive=recursive)
-            if not files:
+            unreadable: list = []
+            files = image_files(p, recursive=recursive, unreadable=unreadable)
+            for folder, error in unreadable:  # its photos cannot be listed: the folder gets the error row
+                add(folder, error)
+            if not files and not unreadable:
                 add(p, f"{p}: folder contains no image files"
                        + ("" if recursive else " (not searched recursively)"))
             for f in files:
@@ -152,17 +155,17 @@ def decoded_batches(files: Sequence[str], prepare: Callable[[str], np.ndarray], 
     def load(i: int):
         t = time.perf_counter()
         try:
-            return i, prepare(files[i]), ""
+            x, error = prepare(files[i]), ""
         except ImageReadError as e:
-            return i, None, str(e)
+            x, error = None, str(e)
         except Exception as e:  # noqa: BLE001 - a custom prepare's failure: still one row, naming the file
-            return i, None, f"{files[i]}: cannot prepare image ({type(e).__name__}: {e})"
-        finally:
-            clock["decode_seconds"] += time.perf_counter() - t  # += on a float: atomic enough under the GIL
+            x, error = None, f"{files[i]}: cannot prepare image ({type(e).__name__}: {e})"
+        return i, x, error, time.perf_counter() - t  # summed by the consuming thread: no shared counter
 
     def assemble(loaded):
-        ok = [(i, x) for i, x, e in loaded if not e]
-        failures = [(i, e) for i, _, e in loaded if e]
+        clock["decode_seconds"] += sum(seconds for *_, seconds in loaded)
+        ok = [(i, x) for i, x, e, _ in loaded if not e]
+        failures = [(i, e) for i, _, e, _ in loaded if e]
         idx = np.array([i for i, _ in ok], dtype=np.int64)
         return idx, (np.stack([x for _, x in ok]) if ok else None), failures
 
@@ -176,7 +179,7 @@ def decoded_batches(files: Sequence[str], prepare: Callable[[str], np.ndarray], 
         upcoming = iter(chunks)
         for chunk in upcoming:
             pending.append([pool.submit(load, i) for i in chunk])
-            if len(pending) > AHEAD:
+            if len(pending) >= AHEAD:
                 break
         while pending:
             futures = pending.popleft()

@@ -297,7 +297,12 @@ def load_artefact(path: str | Path, *, device: str = "auto") -> tuple[torch.nn.M
     arch = models.get_architecture(card.arch, where=str(path))
     model = arch.build(len(card.classes), weights="none")
     try:
-        model.load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type (a truncated file): name the file
+        raise ValueError(f"{path}: cannot read its tensors ({type(e).__name__}: {e}); the file may be truncated, "
+                         "rewrite it with Run.write_artefact()") from None
+    try:
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{path}: its tensors do not fit a {card.arch} with {len(card.classes)} classes ({e})") from None
     model.weights_source = f"path:{path}"

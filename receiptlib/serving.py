@@ -24,6 +24,10 @@ import numpy as np
 from .common import OTHER
 from .photos import Preprocessing
 
+__all__ = ["ARTEFACT_FILE", "BACKENDS", "BackendUnavailable", "CARD_KEY", "ModelCard", "ONNX_FILES",
+           "OnnxPredictor", "Preprocessing", "REFERENCE", "card_from_onnx_metadata", "cpu_count", "onnx_metadata",
+           "read_card", "require_onnxruntime", "safetensors_header"]
+
 ARTEFACT_FILE = "model.safetensors"
 CARD_KEY = "receiptlib"
 CARD_SCHEMA, CARD_VERSION = "receiptlib.model", 1
@@ -90,7 +94,7 @@ class ModelCard:
         return {CARD_KEY: json.dumps(self.to_json(), sort_keys=True), "classes": json.dumps(self.classes),
                 "image_size": str(p.image_size), "mean": json.dumps(list(p.mean)), "std": json.dumps(list(p.std)),
                 "resize": p.resize, "other_label": OTHER,
-                "other_rule": json.dumps(self.other) if self.other is not None else "argmax"}
+                "other_rule": json.dumps(self.other)}  # null: argmax over the known classes, no Other
 
 
 # ----------------------------------------------------------------------------------------------

@@ -534,8 +534,9 @@ def test_voting_decides_on_its_continuous_score(val, test):
     assert len(np.unique(score)) > 9  # continuous, not nine agreement levels
     np.testing.assert_array_equal(det.predict(test) == C, score > det.other_threshold_)
     _, agreement, _ = det._votes(test)
-    given = Voting(n=8, min_agreement=0.75).fit(val)
-    np.testing.assert_array_equal(given.predict(test) == C, agreement < 0.75)
+    for a in (0.75, 0.7, 0.5):  # on the 1/n grid or between two of its levels
+        given = Voting(n=8, min_agreement=a).fit(val)
+        np.testing.assert_array_equal(given.predict(test) == C, agreement < a)
 
 
 def test_tta_max_logit_is_max_logit_on_the_mean_pass(val, test):

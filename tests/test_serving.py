@@ -203,3 +203,18 @@ def test_the_readmes_plain_onnx_recipe_labels_like_predict(run_dir, tmp_path):
         labels.append(scope["label"])
     assert labels == [r["label"] for r in rows]
     assert "Other" in labels and set(labels) - {"Other"}  # the rule decided both ways
+
+
+def test_an_onnx_model_exported_without_a_card_still_predicts_from_the_run_folder(run_dir, tmp_path, capsys):
+    import onnx
+
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    graph = onnx.load(str(old / "fast" / "model.onnx"))
+    del graph.metadata_props[:]  # as receiptlib exported it before models described themselves
+    onnx.save(graph, str(old / "fast" / "model.onnx"))
+    photos = Path(json.loads((run_dir / "config.json").read_text())["data_dir"]) / "test"
+    got = predict_rows("--run", old, "--backend", "onnx-fp32", photos, tmp_path / "old.csv")
+    assert "carries no model card" in capsys.readouterr().err
+    want = predict_rows("--run", run_dir, "--backend", "onnx-fp32", photos, tmp_path / "new.csv")
+    assert [r["top1"] for r in got] == [r["top1"] for r in want]

@@ -2,6 +2,7 @@
 logits (max softmax, max logit, energy); the registry of every detector by its method name."""
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -183,9 +184,13 @@ class Voting(Detector):
         self.params = {"n": n, "min_agreement": min_agreement, "rule": rule}
 
     def _given_threshold(self):
-        a = self.params["min_agreement"]
-        # the top of agreement a's tie-break band: agreement a stays known, the next level down is Other
-        return None if a is None else 1.0 - a + 1.0 / (self.params["n"] + 1)
+        a, n = self.params["min_agreement"], self.params["n"]
+        if a is None:
+            return None
+        # the lowest vote level that is not below a, then the top of its tie-break band: that level stays
+        # known, the next one down is Other
+        level = math.ceil(a * n - 1e-9) / n
+        return 1.0 - level + 1.0 / (n + 1)
 
     def _votes(self, data):
         n = self.params["n"]

@@ -23,18 +23,20 @@ def get_or_train(config: TrainConfig, *, runs_root: str | Path = "data/runs", na
         rruns.check_same_identity(run.config.get("identity", {}), identity, run_dir)
         if verbose:
             print(f"[runs] reusing finished run {run_dir}")
-        return upgrade(run, workers=config.workers)
+        return upgrade(run, workers=config.workers, data_dir=config.data_dir)
     return train(config, run_dir=run_dir, resume=True, verbose=verbose)
 
 
-def upgrade(run: rruns.Run, *, workers: int = 0) -> rruns.Run:
+def upgrade(run: rruns.Run, *, workers: int = 0, data_dir: str | Path | None = None) -> rruns.Run:
     """Give a finished run of an older receiptlib what a new one has: the slim artefact (model.safetensors)
-    and the training photos' outputs (the distance detectors' reference)."""
+    and the training photos' outputs (the distance detectors' reference). ``data_dir``: where its data is now
+    (the run's identity does not depend on the path; default: the folder its config names)."""
+    data_dir = Path(data_dir) if data_dir is not None else run.data_dir
     if not run.artefact_path.is_file():
         run.write_artefact()
-    if not (run.path / "outputs" / "train_logits.npy").is_file() and (run.data_dir / "train").is_dir():
+    if not (run.path / "outputs" / "train_logits.npy").is_file() and (data_dir / "train").is_dir():
         recipe = run.config.get("recipe") or {}
-        write_train_outputs(run.path, run.load_model(device="cpu"), data_dir=run.data_dir, known=run.known_classes,
+        write_train_outputs(run.path, run.load_model(device="cpu"), data_dir=data_dir, known=run.known_classes,
                             image_size=run.image_size, norm=dict(run.normalization), device=pick_device("cpu"),
                             batch_size=int(recipe.get("eval_batch_size", 64)), workers=workers)
     return run
