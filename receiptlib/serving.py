@@ -25,7 +25,7 @@ from .common import OTHER
 from .photos import Preprocessing
 
 __all__ = ["ARTEFACT_FILE", "BACKENDS", "BackendUnavailable", "CARD_KEY", "ModelCard", "ONNX_FILES",
-           "OnnxPredictor", "Preprocessing", "REFERENCE", "card_from_onnx_metadata", "cpu_count", "onnx_metadata",
+           "OnnxPredictor", "Preprocessing", "REFERENCE", "card_from_metadata", "card_from_onnx_metadata", "cpu_count", "onnx_metadata",
            "read_card", "require_onnxruntime", "safetensors_header"]
 
 ARTEFACT_FILE = "model.safetensors"
@@ -132,24 +132,24 @@ def read_card(path: str | os.PathLike) -> ModelCard:
     if path.suffix == ".onnx":
         return card_from_onnx_metadata(onnx_metadata(path), where=str(path))
     meta = safetensors_header(path).get("__metadata__") or {}
-    if CARD_KEY not in meta:
-        raise ValueError(f"{path}: a safetensors file without a receiptlib model card; export it with "
-                         "receiptlib.runs.save_artefact")
-    try:
-        doc = json.loads(meta[CARD_KEY])
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: malformed model card ({e})") from None
-    return ModelCard.from_json(doc, where=str(path))
+    return card_from_metadata(meta, where=str(path), missing="a safetensors file without a receiptlib model card; "
+                                                            "export it with receiptlib.runs.save_artefact")
 
 
 def card_from_onnx_metadata(meta: dict[str, str], *, where: str) -> ModelCard:
+    return card_from_metadata(meta, where=where, missing="an ONNX model without receiptlib metadata (exported before "
+                                                         "models described themselves); rebuild it with "
+                                                         "`receiptlib build-fast --run RUN`")
+
+
+def card_from_metadata(meta: dict[str, str], *, where: str, missing: str) -> ModelCard:
+    """The card under CARD_KEY of a file's string metadata; ``missing``: the error when it has none."""
     if CARD_KEY not in meta:
-        raise ValueError(f"{where}: an ONNX model without receiptlib metadata (exported before models described "
-                         "themselves); rebuild it with `receiptlib build-fast --run RUN`")
+        raise ValueError(f"{where}: {missing}")
     try:
         doc = json.loads(meta[CARD_KEY])
     except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: malformed receiptlib metadata ({e})") from None
+        raise ValueError(f"{where}: malformed model card ({e})") from None
     return ModelCard.from_json(doc, where=where)
 
 
