@@ -213,10 +213,20 @@ class Run:
         """The input rule of the model: what every consumer (evaluation, predict, ONNX export) feeds it."""
         return Preprocessing(self.image_size, **self.normalization)
 
-    def card(self, *, other: dict | None = None) -> ModelCard:
-        """The model card of this run (`serving.ModelCard`); ``other``: a thresholds document for the Other rule."""
-        metrics = read_json(self.path / "metrics.json") if self.finished else {}
-        return model_card(self.config, self.known_classes, name=self.name, metrics=metrics, other=other)
+    def card(self, *, other: dict | None = None, metrics: dict | None = None) -> ModelCard:
+        """The model card of this run (`serving.ModelCard`); ``other``: a thresholds document for the Other rule;
+        ``metrics``: the run's metrics (default: metrics.json when the run is finished)."""
+        if metrics is None:
+            metrics = read_json(self.path / "metrics.json") if self.finished else {}
+        identity = self.config.get("identity")
+        recipe = self.config.get("recipe") or {}
+        run = {"name": self.name, "recipe": self.config.get("recipe_name") or recipe.get("name"),
+               "seed": self.config.get("seed"), "weights_source": self.config.get("weights_source"),
+               "identity_sha256": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+               if identity else None,
+               **{k: metrics[k] for k in ("best_epoch", "val_accuracy", "test_accuracy") if k in metrics}}
+        return ModelCard(arch=self.arch, classes=list(self.known_classes), run=run, other=other,
+                         preprocessing=self.preprocessing)
 
     def write_artefact(self) -> Path:
         """(Re)write model.safetensors from checkpoint_best.pt (runs trained before the artefact existed)."""
@@ -253,26 +263,6 @@ class Run:
 # ----------------------------------------------------------------------------------------------
 # The inference artefact: weights alone, with the model card, in safetensors (no pickle)
 # ----------------------------------------------------------------------------------------------
-
-def model_card(config: dict, known: list[str], *, name: str, metrics: dict | None = None,
-               other: dict | None = None) -> ModelCard:
-    """The card of a run from its config.json, known classes and (when finished) metrics.json."""
-    recipe = config.get("recipe") or {}
-    size = int(recipe.get("image_size") or config.get("image_size") or 224)
-    arch = config.get("arch", models.ARCH)
-    pre = config.get("preprocessing") or {}
-    norm = models.get_architecture(arch, where=name).normalization
-    identity = config.get("identity")
-    metrics = metrics or {}
-    run = {"name": name, "recipe": config.get("recipe_name") or recipe.get("name"), "seed": config.get("seed"),
-           "weights_source": config.get("weights_source"),
-           "identity_sha256": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-           if identity else None,
-           **{k: metrics[k] for k in ("best_epoch", "val_accuracy", "test_accuracy") if k in metrics}}
-    return ModelCard(arch=arch, classes=list(known), run=run, other=other,
-                     preprocessing=Preprocessing(size, mean=tuple(pre.get("mean", norm["mean"])),
-                                                 std=tuple(pre.get("std", norm["std"]))))
-
 
 def save_artefact(model: torch.nn.Module, path: str | Path, card: ModelCard) -> Path:
     """Write ``model``'s weights alone (fp32, CPU) and its card as one safetensors file."""

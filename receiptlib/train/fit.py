@@ -227,6 +227,5 @@ def _finalize(run_dir: Path, model: nn.Module, config: TrainConfig, recipe: Reci
         test = rruns.closed_set_metrics(rruns.Run(run_dir).outputs("test"), known)
         metrics.update(test_accuracy=test["accuracy"], test_n_known=test["n_known"])
     # the slim inference artefact before metrics.json: a finished run always has it
-    card = rruns.model_card(rruns.read_json(run_dir / "config.json"), known, name=run_dir.name, metrics=metrics)
-    rruns.save_artefact(bare, run_dir / rruns.ARTEFACT_FILE, card)
+    rruns.save_artefact(bare, run_dir / rruns.ARTEFACT_FILE, rruns.Run(run_dir).card(metrics=metrics))
     write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run finished
