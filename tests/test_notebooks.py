@@ -45,9 +45,31 @@ def check_03(results):
 def check_04(results):
     detector = rl.openset.load_thresholds(results["thresholds_file"])  # the tuner's file is valid
     assert isinstance(detector, rl.openset.PerClassLogit)
-    assert len(results["test"]) == 3
+    k = rl.openset.PAPER_K  # one k everywhere: the notebook's rows, notebook 07 and default_detectors
+    assert results["k"] == k and detector.params["k"] == k
+    assert list(results["test"]) == ["global softmax 0.9", "global max softmax, fitted on val",
+                                     "global max logit, fitted on val", f"per-class mean − {k:g}·std",
+                                     "per-class fitted on val"]
     for row in results["test"].values():
         assert 0.0 <= row["macro_f1"] <= 1.0
+        assert row["f1_low"] <= row["macro_f1"] + 1e-9 and row["macro_f1"] <= row["f1_high"] + 1e-9
+    # the paper-faithful row uses a run trained without label smoothing, as its recorded recipe says
+    paper = results["paper_first_try"]
+    assert paper["row"] in results["test"] and paper["threshold"] == 0.9 and paper["label_smoothing"] == 0.0
+    run_dir = Path(paper["run_dir"])
+    run_dir = run_dir if run_dir.is_absolute() else Path(__file__).resolve().parent.parent / run_dir
+    assert rl.openset.label_smoothing_of(rl.runs.Run(run_dir)) == 0.0
+    assert paper["run"] == run_dir.name and (paper["run"] == results["run"]) == (paper["report_run_label_smoothing"] == 0)
+    # the two protocols, labelled, on the same evaluation photos, with fits of the same size
+    protocols = results["protocols"]
+    assert set(protocols["labels"]) == {"disjoint", "same_chains"} and results["test_protocol"] == protocols["labels"]["disjoint"]
+    fit = protocols["counts"]["fit"]
+    assert fit["disjoint"] == fit["same_chains"] and fit["same_chains"]["other"] > 0
+    assert set(protocols["rows"]) == set(results["test"]) - {paper["row"]}
+    for row in protocols["rows"].values():
+        assert row["difference"] == pytest.approx(row["same_chains"]["macro_f1"] - row["disjoint"]["macro_f1"])
+    assert protocols["rows"][f"per-class mean − {k:g}·std"]["difference"] == 0.0  # uses no Other photo at all
+    assert len(results["conclusions"]) == 3 and len(protocols["conclusions"]) == len(protocols["rows"])
     assert results["best_k"] in results["val_macro_f1_vs_k"]["k"]
     presets = {p["name"]: p for p in results["presets"]}
     assert set(presets) == {"tpr95", "youden", "macro_f1", "reject_rate"} and presets["macro_f1"]["k"] == results["best_k"]

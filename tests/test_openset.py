@@ -274,11 +274,15 @@ def test_macro_f1_sweep_matches_sklearn_at_every_cut():
         assert value == pytest.approx(macro_f1_sklearn(labels, pred, 3), abs=1e-12)
 
 
-def test_fit_threshold_maximises_val_macro_f1(val):
-    det = MaxLogit().fit(val)
+@pytest.mark.parametrize("make", [MaxLogit, MaxSoftmax])
+def test_fit_threshold_maximises_val_macro_f1(make, val):
+    # notebook 04's "one global threshold fitted on val": no global cut on the score does better on val
+    det = make().fit(val)
     best = macro_f1(val.labels, det.predict(val))
-    for t in np.unique(-val.logits.max(1)):
-        pred = np.where(-val.logits.max(1) > t, C, val.logits.argmax(1))
+    score = det.score(val)
+    assert np.isscalar(det.other_threshold_) or np.ndim(det.other_threshold_) == 0
+    for t in np.unique(score):
+        pred = np.where(score > t, C, val.logits.argmax(1))
         assert macro_f1(val.labels, pred) <= best + 1e-12
 
 
@@ -596,3 +600,121 @@ def test_bootstrap_intervals_are_paired(val, test):
     assert res["b"]["diff_low"] <= res["b"]["diff_vs_reference"] <= res["b"]["diff_high"]
     acc = os_.bootstrap_accuracy(np.r_[np.ones(90), np.zeros(10)], n=500)
     assert acc["accuracy"] == 0.9 and acc["low"] < 0.9 < acc["high"]
+
+
+# --- one k, the paper's first try on a label-smoothing-free run, the two protocols ---------------------
+def test_one_k_everywhere():
+    dets = os_.default_detectors()
+    per_class = [d for d in dets if isinstance(d, PerClassLogit)]
+    assert len(per_class) == 2 and all(d.params["k"] == os_.PAPER_K for d in per_class)
+    assert PerClassLogit().params["k"] == os_.PAPER_K
+    import inspect
+    assert inspect.signature(os_.tune).parameters["k"].default == os_.PAPER_K
+
+
+def _run_folder(tmp_path, smoothing):
+    from receiptlib.runs import Run
+
+    folder = tmp_path / f"run-{smoothing}"
+    folder.mkdir()
+    recipe = {"name": "finetune", "label_smoothing": smoothing} if smoothing is not None else None
+    (folder / "config.json").write_text(json.dumps({"recipe_name": "finetune", "recipe": recipe}))
+    (folder / "classes.json").write_text(json.dumps(CLASSES + ["Other"]))
+    return Run(folder)
+
+
+def test_paper_first_try_needs_a_run_without_label_smoothing(tmp_path, val, test):
+    plain = _run_folder(tmp_path, 0.0)
+    det = os_.paper_first_try(plain)
+    assert det.label_smoothing_ == 0.0 and det.run_ == plain.name and det.params["threshold"] == 0.9
+    assert (det.fit(val).predict(test) == GlobalSoftmax(0.9).fit(val).predict(test)).all()
+    with pytest.raises(ValueError, match="label_smoothing=0.1.*without it"):
+        os_.paper_first_try(_run_folder(tmp_path, 0.1))
+    with pytest.raises(ValueError, match="records no recipe"):
+        os_.label_smoothing_of(_run_folder(tmp_path, None))
+    assert os_.label_smoothing_of({"recipe": {"label_smoothing": 0.05}}) == 0.05
+
+
+@pytest.mark.parametrize("preset", ["tiny", "quick", "hard", "paper"])
+def test_the_report_model_is_trained_without_label_smoothing(preset):
+    # the paper-faithful row (global softmax 0.9) of notebook 04 runs on the report's own model: its recipe
+    # must be the paper's plain cross-entropy, or the notebook trains the same recipe with smoothing off
+    from receiptlib import presets
+    from receiptlib.train.recipe import TrainConfig
+
+    config = TrainConfig(data_dir="unused", **presets.get(preset).train)
+    assert config.resolved_recipe().label_smoothing == 0.0
+
+
+def _chains(labels, sizes):
+    """Chain names for the Other photos of ``labels``: consecutive blocks of the given sizes."""
+    names = np.array([None] * len(labels), dtype=object)
+    other = np.flatnonzero(labels == C)
+    assert sum(sizes) == len(other)
+    names[other] = np.repeat([f"chain{i}" for i in range(len(sizes))], sizes)
+    return names
+
+
+def test_split_other_by_chain_halves_each_chain_by_photo(test):
+    sizes = [1, 2, 3, 10, 44, 90]
+    chains = _chains(test.labels, sizes)
+    fit, held = os_.split_other_by_chain(test.labels, C, chains, seed=0)
+    other = np.flatnonzero(test.labels == C)
+    assert not set(fit) & set(held) and set(fit) | set(held) == set(other)  # disjoint, Other photos only
+    for name, n in zip(np.unique(chains[other].astype(str)), sizes):
+        in_fit, in_held = (chains[fit] == name).sum(), (chains[held] == name).sum()
+        assert (in_fit, in_held) == (n // 2, n - n // 2)
+        assert n < 2 or (in_fit >= 1 and in_held >= 1)  # every chain of >= 2 photos in both halves
+    again, _ = os_.split_other_by_chain(test.labels, C, chains, seed=0)
+    other_seed, _ = os_.split_other_by_chain(test.labels, C, chains, seed=1)
+    assert (again == fit).all() and not np.array_equal(other_seed, fit)
+    with pytest.raises(ValueError, match="every Other photo needs its chain"):
+        os_.split_other_by_chain(test.labels, C, [None] * len(test.labels))
+
+
+def test_chain_protocols_differ_only_in_where_the_other_photos_come_from(val, test):
+    chains = _chains(test.labels, [50, 50, 50])
+    p = os_.chain_protocols(val, test, chains, seed=0)
+    same, disjoint = p.fit["same_chains"], p.fit["disjoint"]
+    known = val.labels < C
+    for fit in (same, disjoint):  # val's known photos, the same in both
+        assert (fit.logits[fit.labels < C] == val.logits[known]).all()
+    assert (same.labels == C).sum() == (disjoint.labels == C).sum() == len(p.test_fit_index) == 75
+    assert (same.logits[same.labels == C] == test.logits[p.test_fit_index]).all()
+    assert (disjoint.logits[disjoint.labels == C] == val.logits[p.val_other_index]).all()
+    # evaluated on test's known photos and the Other photos no fit has seen
+    assert not set(p.evaluation_index) & set(p.test_fit_index)
+    assert set(p.evaluation_index) == set(np.flatnonzero(test.labels < C)) | (set(np.flatnonzero(test.labels == C))
+                                                                               - set(p.test_fit_index))
+    assert (p.evaluation.logits == test.logits[p.evaluation_index]).all() and p.evaluation.tta_logits is not None
+    assert p.counts() == {"fit": {"disjoint": {"known": 300, "other": 75}, "same_chains": {"known": 300, "other": 75}},
+                          "evaluation": {"known": 300, "other": 75}, "evaluation_other_chains": 3}
+    assert set(p.labels) == {"disjoint", "same_chains"}
+
+
+def test_compare_protocols_fits_a_copy_per_protocol(val, test):
+    p = os_.chain_protocols(val, test, _chains(test.labels, [30, 40, 80]), seed=0)
+    given = {"paper rule": PerClassLogit(), "fitted": PerClassLogit(rule="macro_f1"), "max logit": MaxLogit()}
+    rows = os_.compare_protocols(given, p, n=200)
+    assert all(d.other_threshold_ is None for d in given.values())  # the detectors given stay unfitted
+    assert set(rows) == set(given)
+    for name, row in rows.items():
+        assert set(row) >= {"disjoint", "same_chains", "difference", "diff_low", "diff_high"}
+        assert row["difference"] == pytest.approx(row["same_chains"]["macro_f1"] - row["disjoint"]["macro_f1"])
+        assert row["diff_low"] <= row["difference"] + 1e-12 and row["difference"] <= row["diff_high"] + 1e-12
+    # mean - k*std reads the known val photos only, the same in both protocols: no difference at all
+    assert rows["paper rule"]["difference"] == 0.0 and rows["paper rule"]["diff_low"] == rows["paper rule"]["diff_high"] == 0.0
+    expected = MaxLogit().fit(p.fit["same_chains"])
+    assert rows["max logit"]["same_chains"]["macro_f1"] == pytest.approx(macro_f1(p.evaluation.labels,
+                                                                                  expected.predict(p.evaluation)))
+
+
+def test_chain_protocols_fit_as_many_other_photos_when_val_has_fewer(val, test):
+    keep = np.flatnonzero((val.labels < C) | (np.arange(len(val.labels)) % 10 == 0))  # 15 of val's 150 Other
+    small_val = os_.take(val, keep)
+    chains = _chains(test.labels, [50, 50, 50])
+    p = os_.chain_protocols(small_val, test, chains, seed=0)
+    counts = p.counts()
+    assert counts["fit"]["disjoint"] == counts["fit"]["same_chains"] == {"known": 300, "other": 15}
+    assert counts["evaluation"] == {"known": 300, "other": 135}  # the half's surplus is evaluated, not lost
+    assert not set(p.evaluation_index) & set(p.test_fit_index)

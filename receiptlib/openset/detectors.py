@@ -12,6 +12,13 @@ from ..common import OTHER
 from .base import Detector, as_outputs, f1_from_counts, finite
 from .distances import KNN, LogitDistance, Mahalanobis
 
+# The one k of the paper's per-class rule (T_c = mean - k*std) in every notebook, default_detectors, tune and the
+# tuners' start: the paper's "a few standard deviations", fixed before any val photo is seen (a k picked on val
+# would be a third fit beside the fitted per-class thresholds, which start from this same k).
+PAPER_K = 2.0
+# The paper's first try: one global threshold on the max softmax of a model trained with plain cross-entropy.
+PAPER_SOFTMAX_THRESHOLD = 0.9
+
 
 class _Tempered(Detector):
     """A detector on logits divided by a temperature, rebuilt from its threshold alone."""
@@ -48,6 +55,35 @@ class GlobalSoftmax(MaxSoftmax):
         return self
 
 
+def label_smoothing_of(run) -> float:
+    """The label smoothing a run was trained with, read from its recorded recipe (a `runs.Run`, whose
+    config.json holds the recipe, or that config as a dict); a ValueError when the recipe does not say."""
+    config = getattr(run, "config", run)
+    recipe = config.get("recipe") if isinstance(config, Mapping) else None
+    if not isinstance(recipe, Mapping) or "label_smoothing" not in recipe:
+        where = getattr(run, "path", "the given config")
+        raise ValueError(f"{where}: its config records no recipe with label_smoothing; cannot tell whether the "
+                         "paper's first try applies (retrain the run, which records its recipe in config.json)")
+    return float(recipe["label_smoothing"])
+
+
+def paper_first_try(run, threshold: float = PAPER_SOFTMAX_THRESHOLD) -> GlobalSoftmax:
+    """`GlobalSoftmax(threshold)` for ``run`` as the paper made its first try: on a model trained without label
+    smoothing. Label smoothing e over C classes caps the max softmax near 1 - e + e/C (0.904 for 0.1 over 25),
+    so T = 0.9 sits just under the cap and rejects known photos the model is sure of, a failure the paper's plain
+    cross-entropy model did not have;
+    such a run is refused: train the same recipe with ``overrides={"label_smoothing": 0.0}`` for this row.
+    The detector records the run's name (``run_``) and its label smoothing (``label_smoothing_``)."""
+    smoothing = label_smoothing_of(run)
+    if smoothing > 0:
+        raise ValueError(f"{getattr(run, 'name', 'this run')} was trained with label_smoothing={smoothing:g}: the "
+                         "paper's first try needs the same recipe without it (train with "
+                         "overrides={'label_smoothing': 0.0}, e.g. nb.run(overrides=...))")
+    det = GlobalSoftmax(threshold)
+    det.run_, det.label_smoothing_ = getattr(run, "name", None), smoothing
+    return det
+
+
 class MaxLogit(Detector):
     """Hendrycks et al. 2022: score = -max logit."""
 
@@ -79,7 +115,7 @@ class PerClassLogit(Detector):
 
     method = "per-class-logit"
 
-    def __init__(self, k: float = 2.0, overrides: Mapping | None = None, rule: str = "mean_std", *,
+    def __init__(self, k: float = PAPER_K, overrides: Mapping | None = None, rule: str = "mean_std", *,
                  classes: Sequence[str] | None = None, min_count: int = 3, max_sweeps: int = 10):
         if rule not in ("mean_std", "macro_f1"):
             raise ValueError(f"rule={rule!r}: expected 'mean_std' or 'macro_f1'")
@@ -251,6 +287,6 @@ def make_detector(method: str, **params) -> Detector:
 
 def default_detectors() -> list[Detector]:
     """The paper's detectors, its two proposals and the modern anchors, in the table's order."""
-    return [GlobalSoftmax(0.9), PerClassLogit(k=2.0), PerClassLogit(k=2.0, rule="macro_f1"), Voting(n=8),
+    return [GlobalSoftmax(PAPER_SOFTMAX_THRESHOLD), PerClassLogit(k=PAPER_K), PerClassLogit(k=PAPER_K, rule="macro_f1"), Voting(n=8),
             TTAMaxLogit(n=8), LogitDistance("mahalanobis"), LogitDistance("knn"), MaxSoftmax(), MaxLogit(), Energy(),
             Mahalanobis(), KNN()]

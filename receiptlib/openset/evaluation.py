@@ -6,7 +6,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .base import Detector, as_outputs
-from .detectors import PerClassLogit, default_detectors
+from .detectors import PAPER_K, PerClassLogit, default_detectors
 
 
 def _per_label(labels, pred, num_known: int):
@@ -87,7 +87,7 @@ def detector_table(val, test, detectors: Sequence[Detector] | None = None, *, tr
     return pd.DataFrame(rows).set_index("detector")
 
 
-def tune(val, *, k: float = 2.0, overrides: Mapping | None = None, classes: Sequence[str] | None = None,
+def tune(val, *, k: float = PAPER_K, overrides: Mapping | None = None, classes: Sequence[str] | None = None,
          rule: str = "mean_std") -> dict:
     """The notebook tuner's logic (section VI): PerClassLogit at (k, overrides) on val, with its
     macro-F1, Other P/R/F1, confusion matrix and thresholds ({name: T} with classes, else a list)."""

@@ -63,8 +63,19 @@ def summary(results_dir: str | Path = "results", *, link_prefix: str = "") -> st
                          f"(`{row['arch']}`, {row['image_size']} px)")
     if "04" in found:
         r = found["04"]
-        rows = "; ".join(f"{name} {_num(v['macro_f1'])}" for name, v in r["test"].items())
-        lines += [f"- **Other by thresholds** (fitted on val, macro-F1 on test): {rows}. {nb(r)}, {fig('04_f1_vs_k')}"]
+        span = lambda v: f" ({_num(v['f1_low'])}–{_num(v['f1_high'])})" if v.get("f1_low") is not None else ""  # noqa: E731
+        rows = "; ".join(f"{name} {_num(v['macro_f1'])}{span(v)}" for name, v in r["test"].items())
+        lines += [f"- **Other by thresholds** (fitted on val, macro-F1 on test"
+                  + ("; 95% intervals: paired bootstrap, Other by chain" if any(span(v) for v in r["test"].values()) else "")
+                  + f"): {rows}. {nb(r)}, {fig('04_f1_vs_k')}"]
+        protocols = r.get("protocols")
+        if protocols:  # the same detectors fitted with Other photos of val's unknown chains or of test's own
+            pairs = "; ".join(f"{name} {_num(v['disjoint']['macro_f1'])} → {_num(v['same_chains']['macro_f1'])} "
+                              f"(difference {v['difference']:+.3f}, 95% interval {v['diff_low']:+.3f} to {v['diff_high']:+.3f})"
+                              for name, v in protocols["rows"].items())
+            lines += [f"  - Where the Other photos that fit the thresholds come from, macro-F1 on test's known photos and "
+                      f"a held-out half of its Other photos: disjoint chains (val's, the honest protocol) → same chains "
+                      f"(the other half of test's, the paper's setting): {pairs}."]
     if "07" in found:
         r = found["07"]
         intervals = r.get("intervals") or {}
