@@ -4,7 +4,7 @@ Data flows one way, and imports with it (tests/test_architecture.py holds the la
 common, io, presets -> photos (reading photos, a model's input rule; no torch) -> synth (the synthetic world)
 -> data (folder data sets) -> models (the architecture registry), serving (a model card, ONNX Runtime; no
 torch) -> runs (run folders, read side) -> train (writes run folders) -> tta, openset (Other detection),
-residual -> stn, predict, fast, timing, bench -> report, tuner -> cli. The notebooks only call these modules.
+residual, ablation (what the classifier reads) -> stn, predict, fast, timing, bench -> report, tuner -> cli. The notebooks only call these modules.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 # Submodules load on first use (`rl.synth`, `rl.train`, ...) so `import receiptlib` stays cheap.
 _SUBMODULES = {"common", "io", "presets", "photos", "synth", "data", "models", "serving", "runs", "train", "tta",
-               "openset", "stn", "predict", "fast", "timing", "bench", "residual", "report", "tuner", "cli"}
+               "openset", "ablation", "stn", "predict", "fast", "timing", "bench", "residual", "report", "tuner", "cli"}
 
 
 def __getattr__(name: str):

@@ -255,3 +255,34 @@ class Preprocessing:
         Nothing is decoded at a resolution the model never sees beyond JPEG's 1/8 steps (draft mode)."""
         img = read_image(path, draft_size=self.image_size)
         return self.normalise(np.asarray(self.resized(img)))
+
+
+def parse_quad(text: str, size: tuple[int, int], *, where: str = "quad") -> list[tuple[float, float]]:
+    """A manifest quad ('x0 y0 ... x3 y3' as fractions of the frame) as four pixel corners of an image of ``size``."""
+    try:
+        v = [float(t) for t in str(text).split()]
+    except ValueError:
+        v = []
+    if len(v) != 8:
+        raise ValueError(f"{where}: expected 8 numbers (x y of four corners, as fractions of the frame), got {text!r}")
+    w, h = size
+    return [(v[i] * w, v[i + 1] * h) for i in range(0, 8, 2)]
+
+
+def mask_quads(img: Image.Image, cover: list, paper: list) -> Image.Image:
+    """``img`` with the quads in ``cover`` filled by the median colour of the quads in ``paper`` (the receipt as
+    the photo shows it: mostly blank paper under the photo's light), so a masked region reads as blank paper."""
+    from PIL import ImageDraw
+
+    area = Image.new("L", img.size, 0)
+    draw = ImageDraw.Draw(area)
+    for quad in paper:
+        draw.polygon(quad, fill=255)
+    rgb = np.asarray(img)
+    inside = np.asarray(area) > 0
+    fill = tuple(int(c) for c in (np.median(rgb[inside], 0) if inside.any() else np.median(rgb.reshape(-1, 3), 0)))
+    out = img.copy()
+    draw = ImageDraw.Draw(out)
+    for quad in cover:
+        draw.polygon(quad, fill=fill)
+    return out

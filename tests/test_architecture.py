@@ -18,7 +18,7 @@ LAYERS = [
     {"models", "serving"},
     {"runs"},
     {"train"},
-    {"tta", "openset", "residual"},
+    {"tta", "openset", "residual", "ablation"},
     {"stn", "predict", "fast", "timing", "bench"},
     {"report", "tuner"},
     {"cli", "__main__"},

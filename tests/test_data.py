@@ -371,6 +371,10 @@ def test_distortion_bins_of_a_photo_table():
     table = pd.DataFrame({"rotation_deg": [0.0, -15.0, 45.0, 5.0], "blur_px": [0.0, 2.0, 0.2, 9.0],
                           "label": ["A", OTHER, OTHER, OTHER], "lookalike": [False, True, False, False],
                           "logo_in_frame": [False, False, True, False]})
+    both = table.assign(label=["A", OTHER, "A", OTHER], lookalike_kind=["", "logo_and_template", "", ""],
+                        logo_in_frame=[False, False, True, False])
+    assert D.distortion_bins(both)["kind of photo"].tolist() == [
+        "known", "lookalike Other (logo and template)", "logo-in-frame known", "plain Other"]
     bins = D.distortion_bins(table)
     assert list(bins) == ["rotation (|degrees|)", "blur (px)", "occluded fraction", "kind of photo"]
     assert bins["rotation (|degrees|)"].astype(str).tolist() == ["(-0.001, 10.0]", "(10.0, 20.0]", "(30.0, 180.0]",

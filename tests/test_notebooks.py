@@ -19,6 +19,13 @@ def check_01(results):
     assert results["unknown_chains_disjoint"] is True
     assert results["lookalike_photos"] > 0 and results["logo_in_frame_photos"] > 0
     assert set(results["distortions_shown"]) == set(rl.synth.DISTORTIONS)
+    # clutter at the same rate for known and Other photos; the rate table names any property that differs
+    rates = results["logo_in_frame_rate"]
+    assert rates["known"] > 0 and rates["Other"] > 0
+    assert isinstance(results["confounds"], list) and "logo in frame" not in results["confounds"]
+    assert set(results["lookalike_kinds"]) <= set(rl.synth.chains.LOOKALIKE_KINDS)
+    shares = results["distortion_shares"]
+    assert shares["difficulty 1"]["rotation"] >= shares["difficulty 0.3"]["rotation"] > 0
 
 
 def check_02(results):
@@ -115,6 +122,10 @@ def check_07(results):
     for name, iv in results["intervals"].items():
         assert iv["low"] <= table[name]["macro_f1"] + 1e-9 and table[name]["macro_f1"] <= iv["high"] + 1e-9
     assert results["intervals"][results["interval_reference"]]["diff_high"] == 0.0  # paired with itself
+    cues = results["cue_ablation"]  # what the classifier reads: header or body masked, on test's known photos
+    assert set(cues) == {"none", "header", "body"} and len({row["n"] for row in cues.values()}) == 1
+    for row in cues.values():
+        assert row["low"] <= row["accuracy"] <= row["high"]
 
 
 CHECKS = {"01": check_01, "02": check_02, "03": check_03, "04": check_04, "05": check_05, "06": check_06,

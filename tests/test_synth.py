@@ -107,7 +107,7 @@ def test_ensure_dataset_regenerates_an_older_version_of_its_preset(tmp_path, mon
 
 def test_synth_presets_are_the_presets_synth_settings():
     assert set(synth.PRESETS) == set(presets.PRESETS)
-    assert synth.PRESETS["quick"].difficulty == 0.3 and synth.PRESETS["hard"].difficulty == 1.0
+    assert synth.PRESETS["quick"].difficulty >= 0.6 and synth.PRESETS["hard"].difficulty == 1.0
     assert synth.PRESETS["tiny"].name == "tiny" and synth.PRESETS["tiny"].train_per_class == 4
     with pytest.raises(ValueError, match="unknown synth preset 'huge'"):
         synth.generate("unused", "huge")
@@ -150,7 +150,13 @@ def test_tiny_splits_labels_and_manifest(tiny):
         assert any(r["lookalike"] == "true" and r["lookalike_of"] in known for r in other[s])
         lif = [r for r in other[s] if r["logo_in_frame"] == "true"]
         assert lif and all(r["second_chain"] in known and r["second_receipt"] == "logo_in_frame" for r in lif)
-    for col in synth.photo.PARAM_NAMES:
+    for s in ("train", "val", "test"):  # clutter at the same share for known and Other photos (no confound)
+        for group in ([r for r in by_split[s] if r["label"] != OTHER], other.get(s, [])):
+            if group:
+                share = sum(r["logo_in_frame"] == "true" for r in group) / len(group)
+                assert abs(share - cfg.logo_in_frame_frac) <= 0.5 / len(group) + 1e-9, (s, share)
+    assert any(r["logo_in_frame"] == "true" and r["label"] != OTHER for r in rows)
+    for col in synth.photo.PARAM_NAMES + ("lookalike_kind", "store", "template"):
         assert col in rows[0]
     im = Image.open(tiny / rows[0]["path"])
     assert im.size == (cfg.width, cfg.height) and im.mode == "RGB"
@@ -183,3 +189,70 @@ def test_presets_and_dataset_dir(tmp_path):
     assert synth.dataset_dir("tiny", 3, tmp_path) == tmp_path / "synth-tiny-seed3"
     with pytest.raises(ValueError, match="unknown synth preset"):
         synth.generate(tmp_path / "x", "huge")
+
+
+def test_chains_vary_within_and_lookalikes_copy_logo_or_template_family():
+    w = synth.make_world(0)
+    for c in w.known:
+        assert 2 <= len(c.stores) <= 5 and 2 <= len(c.templates) <= 3
+        assert len({s.address for s in c.stores}) >= 2  # several shops, not one address on every receipt
+        assert c.templates[0] != c.templates[1]
+    kinds = [c.lookalike_kind for c in w.lookalikes("test")]
+    assert set(kinds) == set(synth.chains.LOOKALIKE_KINDS)
+    for c in w.lookalikes("val") + w.lookalikes("test"):
+        target = w.chain(c.lookalike_of)
+        family_same = all(getattr(c, f) == getattr(target, f) for f in synth.chains.TEMPLATE_FAMILY)
+        assert family_same == (c.lookalike_kind == "logo_and_template")
+        assert c.legal_name != target.legal_name and {s.address for s in c.stores}.isdisjoint(s.address for s in target.stores)
+    # a receipt is one store's and one template's; forcing them prints that store's address
+    chain = w.known[0]
+    a = synth.render_receipt(chain, np.random.default_rng(5), width=120, store=0, template=0)
+    b = synth.render_receipt(chain, np.random.default_rng(5), width=120, store=1, template=1)
+    assert (a.info["store"], a.info["template"], b.info["store"], b.info["template"]) == (0, 0, 1, 1)
+    assert np.asarray(a).shape != np.asarray(b).shape or (np.asarray(a) != np.asarray(b)).any()
+    with pytest.raises(ValueError, match="store=9"):
+        synth.render_receipt(chain, np.random.default_rng(5), store=9)
+
+
+def _quad(text: str) -> np.ndarray:
+    return np.array([float(v) for v in text.split()]).reshape(4, 2)
+
+
+def test_photo_lists_its_distortions_and_where_header_and_body_lie():
+    w = synth.make_world(0)
+    receipt = synth.render_receipt(w.known[1], np.random.default_rng(0), width=120)
+    for name in ("curl", "glare", "faded", "rotation"):
+        img, p = synth.photograph(receipt, np.random.default_rng(1), size=(96, 128), only=name)
+        assert p["distortions"] == name
+    plain, _ = synth.photograph(receipt, np.random.default_rng(1), size=(96, 128), only="noise", difficulty=0.0)
+    for name in ("curl", "glare", "faded"):  # each changes the picture
+        img, _ = synth.photograph(receipt, np.random.default_rng(1), size=(96, 128), only=name)
+        assert np.abs(np.asarray(img, float) - np.asarray(plain, float)).mean() > 0.5, name
+    img, p = synth.photograph(receipt, np.random.default_rng(1), size=(96, 128), only="blur")
+    header, body = _quad(p["header_quad"]), _quad(p["body_quad"])
+    assert header[:, 1].max() <= body[:, 1].min() + 1e-3  # upright: the header above the body
+    assert np.allclose(header[2:][::-1], body[:2], atol=1e-3)  # they share the edge at the logo's bottom
+    assert 0 <= header.min() and header.max() <= 1
+    # the header band is where the ink of the logo is: darker than the same-size band of blank desk beside it
+    a = np.asarray(img.convert("L"), float)
+    ys = (header[:, 1].min() * 128, header[:, 1].max() * 128)
+    xs = (header[:, 0].min() * 96, header[:, 0].max() * 96)
+    band = a[int(ys[0]):int(ys[1]) + 1, int(xs[0]):int(xs[1]) + 1]
+    assert band.std() > 10  # print in it, not a uniform surface
+
+
+def test_distortion_shares_follow_the_difficulty_and_known_vs_other_names_gaps():
+    import pandas as pd
+
+    shares = synth.distortion_shares((0.0, 1.0), n=24, config=SMALL)
+    assert shares.loc["rotation", "difficulty 0"] == 0 and shares.loc["rotation", "difficulty 1"] > 0.7
+    assert (shares["difficulty 1"] >= shares["difficulty 0"])[list(synth.DISTORTIONS)].all()
+    m = pd.DataFrame({"split": ["test"] * 200, "label": ["A"] * 100 + [OTHER] * 100,
+                      "distortions": ["blur"] * 100 + [""] * 50 + ["blur"] * 50, "logo_in_frame": [False] * 200,
+                      "second_receipt": ["none"] * 200, "extra_receipts": [0] * 200, "top_zoom": [False] * 200,
+                      "scale": [1.0] * 200, "rotation_deg": [0.0] * 200, "occluded_frac": [0.0] * 200})
+    table = synth.known_vs_other(m)
+    assert table.loc["blur", "differs"] and table.loc["blur", "known"] == 1 and table.loc["blur", "Other"] == 0.5
+    assert not table.loc["noise", "differs"] and not table.loc["logo in frame", "differs"]
+    with pytest.raises(ValueError, match="no photos"):
+        synth.known_vs_other(m, splits=("val",))

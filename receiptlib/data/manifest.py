@@ -21,7 +21,8 @@ def read_manifest(data_dir: str | Path):
     path = data_dir / "manifest.csv"
     if path.is_file():
         return pd.read_csv(path, keep_default_na=False, na_values=[""],
-                           dtype={"lookalike_of": str, "second_chain": str},
+                           dtype={"lookalike_of": str, "second_chain": str, "lookalike_kind": str, "header_quad": str,
+                                  "body_quad": str, "distortions": str},
                            converters={c: lambda v: v == "true" for c in ("lookalike", "logo_in_frame")})
     rows = [{"path": f.relative_to(data_dir).as_posix(), "split": split, "label": f.parent.name, "chain": f.parent.name,
              "lookalike": False, "logo_in_frame": False}
@@ -74,8 +75,8 @@ def photo_table(data_dir: str | Path, paths: Sequence[str | Path], *, missing: s
 def distortion_bins(table) -> dict:
     """``photo_table``'s rows binned per distortion, to read error rates per bin (notebook 07): {title:
     Series aligned with ``table``}. |rotation| in degrees, blur in px, occluded fraction (a column the
-    manifest lacks, as for real photos, counts as 0) and the kind of photo (lookalike Other, logo-in-frame
-    Other, plain Other, known)."""
+    manifest lacks, as for real photos, counts as 0) and the kind of photo (lookalike Other, split off when it
+    copies the template family too; logo-in-frame Other; plain Other; logo-in-frame known; known)."""
     import pandas as pd
 
     def column(name: str):
@@ -85,8 +86,12 @@ def distortion_bins(table) -> dict:
         return column(name).eq(True)
 
     label = table["label"] if "label" in table.columns else pd.Series("", index=table.index)
-    kind = np.where(flag("lookalike"), "lookalike Other", np.where(flag("logo_in_frame"), "logo-in-frame Other",
-                    np.where(label == OTHER, "plain Other", "known")))
+    other = (label == OTHER).to_numpy()
+    lookalike = np.where(column("lookalike_kind").eq("logo_and_template"), "lookalike Other (logo and template)",
+                         "lookalike Other")
+    kind = np.where(flag("lookalike"), lookalike,
+                    np.where(flag("logo_in_frame"), np.where(other, "logo-in-frame Other", "logo-in-frame known"),
+                             np.where(other, "plain Other", "known")))
     return {"rotation (|degrees|)": pd.cut(column("rotation_deg").abs(), [0, 10, 20, 30, 180], include_lowest=True),
             "blur (px)": pd.cut(column("blur_px"), [-0.01, 0.5, 1.5, 3, 100]),
             "occluded fraction": pd.cut(column("occluded_frac"), [-0.01, 0.0, 0.1, 0.25, 1]),

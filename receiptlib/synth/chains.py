@@ -1,10 +1,15 @@
 """Chain identities: the 25 known retail chains and the unknown ones that make up Other.
 
 Each `Chain` is what the paper says identifies a chain on a photo (section II): the logo, but also the
-fonts and the layout of header, body and footer. Everything is drawn deterministically from the world
-seed. Unknown chains include *lookalikes*: a known chain's logo (same font, emblem and style, the
-wordmark identical or one letter off) on a receipt whose layout is otherwise their own (paper,
-section IX, Figures 8 and 9), the case no threshold on the max logit can fix.
+fonts and the layout family of header, body and footer. A chain is not one fixed receipt: it has several
+stores (address, phone, store number, each with its own printer: ink density, fading, print weight) and
+two or three template variants (separators, columns, total style, barcode, ...), and every receipt's paper
+width and tint vary a little, so a chain is its logo, fonts and layout family, not a colour swatch.
+Everything is drawn deterministically from the world seed. Unknown chains include *lookalikes*: a known
+chain's logo (same font, emblem and style, the wordmark identical or one letter off), either on a receipt
+whose layout is their own (kind "logo") or on the known chain's own point-of-sale template family too
+(kind "logo_and_template": the paper's Figures 8 and 9, practically identical logos from different firms),
+the case no threshold on the max logit can fix.
 """
 from __future__ import annotations
 
@@ -67,12 +72,52 @@ BARCODES = ("code128", "code128", "ean", "qr", "none")
 
 
 @dataclass(frozen=True)
+class Store:
+    """One shop of a chain: what its receipts print in the header, and its printer."""
+
+    number: int
+    address: tuple[str, ...]
+    phone: str | None
+    ink: int  # darkness of this printer's print, 0 = black
+    fade: float  # how unevenly its print head prints
+    heavy: bool  # printer set to heavy print: the body font one stroke bolder
+
+
+@dataclass(frozen=True)
+class Template:
+    """A variant of a chain's point-of-sale template: what changes between its printer firmware versions."""
+
+    separator: str
+    columns: str
+    total_style: str
+    tax_table: bool
+    date_pos: str
+    barcode: str
+    line_spacing: float
+    body_chars: int
+
+
+# Chain fields a template variant sets (the rest of the layout family is the chain's own)
+TEMPLATE_FIELDS = tuple(f for f in Template.__dataclass_fields__)
+# What a "logo_and_template" lookalike copies from its target besides the logo: the whole point-of-sale
+# template family (fonts, layout, paper); it keeps its own firm: legal name, stores, tax id, slogan, survey.
+TEMPLATE_FAMILY = (
+    "header_align", "body_font", "body_chars", "line_spacing", "separator", "columns", "item_upper", "decimal",
+    "currency", "tax_codes", "total_label", "total_style", "tax_label", "tax_table", "date_fmt", "date_pos",
+    "fiscal_codes", "barcode", "thanks", "footer_align", "paper_mm", "tint", "ink", "fade", "store_fmt",
+    "templates",
+)
+LOOKALIKE_KINDS = ("logo", "logo_and_template")
+
+
+@dataclass(frozen=True)
 class Chain:
     """A retail chain's visual identity (what a receipt from it looks like), before any photo is taken."""
 
     name: str  # folder name for known chains; recorded in the manifest's `chain` column for all
     known: bool
     lookalike_of: str | None  # the known chain whose logo this unknown chain (nearly) copies (paper Figs 8-9)
+    lookalike_kind: str | None  # logo | logo_and_template (see LOOKALIKE_KINDS); None for the others
     # logo
     wordmark: str
     logo_font: str
@@ -120,6 +165,17 @@ class Chain:
     tint: tuple[int, int, int]
     ink: int  # darkness of the thermal print, 0 = black
     fade: float  # how unevenly the print head prints
+    # variation within the chain: a receipt comes from one store (its header lines and printer) and one
+    # template variant; the fields above are the chain's family (variant 0, the first store)
+    stores: tuple[Store, ...] = ()
+    templates: tuple[Template, ...] = ()
+
+    def receipt_variant(self, store: int, template: int) -> "Chain":
+        """The chain as one store prints it with one template variant (what `render_receipt` draws)."""
+        s, t = self.stores[store], self.templates[template]
+        return replace(self, address=s.address, phone=s.phone, ink=s.ink, fade=s.fade,
+                       body_font=_heavier(self.body_font) if s.heavy else self.body_font,
+                       **{f: getattr(t, f) for f in TEMPLATE_FIELDS})
 
 
 @dataclass(frozen=True)
@@ -167,6 +223,14 @@ def available_fonts() -> tuple[str, ...]:
     return tuple(sorted(p.name for p in font_dir().glob("*.ttf")))
 
 
+HEAVIER = {"DejaVuSansMono.ttf": "DejaVuSansMono-Bold.ttf", "DejaVuSans.ttf": "DejaVuSans-Bold.ttf",
+           "DejaVuSerif.ttf": "DejaVuSerif-Bold.ttf", "DejaVuSansMono-Oblique.ttf": "DejaVuSansMono-BoldOblique.ttf"}
+
+
+def _heavier(font: str) -> str:
+    return HEAVIER.get(font, font)
+
+
 def _pick(rng: np.random.Generator, options):
     return options[int(rng.integers(len(options)))]
 
@@ -196,6 +260,56 @@ def _digits(rng, n: int) -> str:
     return "".join(str(int(d)) for d in rng.integers(0, 10, n))
 
 
+def _phone(rng) -> str:
+    return f"Tel: 0{int(rng.integers(1, 60))}/{_digits(rng, 3)}-{_digits(rng, 4)}"
+
+
+def _stores(chain: Chain, rng) -> tuple[Store, ...]:
+    """Two to five shops; the first prints the chain's own address and phone."""
+    out = [Store(int(rng.integers(1, chain.n_stores + 1)), chain.address, chain.phone, chain.ink, chain.fade, False)]
+    for _ in range(int(rng.integers(1, 5))):
+        out.append(Store(
+            number=int(rng.integers(1, chain.n_stores + 1)),
+            address=(f"{_pick(rng, STREETS)} {int(rng.integers(1, 200))}", _pick(rng, CITIES)),
+            phone=_phone(rng) if chain.phone else None,
+            ink=int(np.clip(chain.ink + rng.integers(-25, 26), 5, 90)),
+            fade=float(np.clip(chain.fade + rng.uniform(-0.1, 0.25), 0.0, 0.6)),
+            heavy=bool(rng.random() < 0.3)))
+    return tuple(out)
+
+
+def _templates(chain: Chain, rng) -> tuple[Template, ...]:
+    """The chain's template (variant 0) and one or two variants, each changing two or three of its fields."""
+    base = Template(**{f: getattr(chain, f) for f in TEMPLATE_FIELDS})
+
+    def other(options, current):
+        return _pick(rng, tuple(o for o in options if o != current))
+
+    def nudged(v, lo, hi, step_lo, step_hi):
+        step = rng.uniform(step_lo, step_hi)
+        return v + step if v + step <= hi else v - step  # away from the edge, so it always changes
+
+    options = {
+        "separator": lambda: other(SEPARATORS, base.separator), "columns": lambda: other(COLUMNS, base.columns),
+        "total_style": lambda: other(("bold", "double", "boxed", "inverted"), base.total_style),
+        "tax_table": lambda: not base.tax_table, "date_pos": lambda: "footer" if base.date_pos == "header" else "header",
+        "barcode": lambda: other(BARCODES, base.barcode),
+        "line_spacing": lambda: float(nudged(base.line_spacing, 1.0, 1.5, 0.08, 0.15)),
+        "body_chars": lambda: int(round(nudged(base.body_chars, 26, 46, 2, 4.99))),
+    }
+    out = [base]
+    for _ in range(int(rng.integers(1, 3))):
+        changed = rng.permutation(len(TEMPLATE_FIELDS))[: int(rng.integers(2, 4))]
+        variant = replace(base, **{TEMPLATE_FIELDS[i]: options[TEMPLATE_FIELDS[i]]() for i in changed})
+        if variant not in out:
+            out.append(variant)
+    return tuple(out)
+
+
+def _with_variation(chain: Chain, rng) -> Chain:
+    return replace(chain, stores=_stores(chain, rng), templates=_templates(chain, rng))
+
+
 def _identity(name: str, known: bool, rng: np.random.Generator) -> Chain:
     """Draw a full identity; the order of draws is fixed so a seed always gives the same chain."""
     logo_fonts, body_fonts = _fonts(LOGO_FONTS), _fonts(BODY_FONTS)
@@ -209,6 +323,7 @@ def _identity(name: str, known: bool, rng: np.random.Generator) -> Chain:
         name=name,
         known=known,
         lookalike_of=None,
+        lookalike_kind=None,
         wordmark=_wordmark(name, rng),
         logo_font=_pick(rng, logo_fonts),
         logo_style=_pick(rng, LOGO_STYLES),
@@ -222,7 +337,7 @@ def _identity(name: str, known: bool, rng: np.random.Generator) -> Chain:
         header_align=_pick(rng, ("center", "center", "center", "left")),
         legal_name=f"{name.upper()} {_pick(rng, ('d.o.o.', 'd.d.', 'Ltd', 'GmbH', 'j.d.o.o.', 'Inc.'))}",
         address=(f"{_pick(rng, STREETS)} {int(rng.integers(1, 200))}", _pick(rng, CITIES)),
-        phone=(f"Tel: 0{int(rng.integers(1, 60))}/{_digits(rng, 3)}-{_digits(rng, 4)}" if rng.random() < 0.7 else None),
+        phone=(_phone(rng) if rng.random() < 0.7 else None),
         store_fmt=_pick(rng, STORE_FORMATS),
         tax_id=(f"{_pick(rng, ('OIB', 'VAT ID', 'Tax No.', 'UID'))}: {_digits(rng, 11)}" if rng.random() < 0.75 else None),
         n_stores=int(rng.integers(3, 300)),
@@ -281,13 +396,22 @@ def _one_letter_off(text: str, rng) -> str:
     return text[:i] + (new.upper() if text[i].isupper() else new) + text[i + 1:]
 
 
-def _lookalike(target: Chain, own: Chain, rng) -> Chain:
-    """An unknown chain wearing (nearly) the target's logo, with its own header, body, footer and paper."""
+def _lookalike(target: Chain, own: Chain, rng, kind: str) -> Chain:
+    """An unknown chain wearing (nearly) the target's logo: with its own header, body, footer and paper
+    (kind "logo"), or on the target's template family too, keeping only its own firm (kind "logo_and_template")."""
+    if kind not in LOOKALIKE_KINDS:
+        raise ValueError(f"lookalike kind {kind!r} is not one of {LOOKALIKE_KINDS}")
     same_text = rng.random() < 0.5
     wordmark = target.wordmark if same_text else _one_letter_off(target.wordmark, rng)
+    if kind == "logo_and_template":
+        own = replace(own, **{f: getattr(target, f) for f in TEMPLATE_FAMILY})
+        # its shops print on the same system: the target's printers' settings, its own addresses
+        own = replace(own, stores=tuple(replace(s, ink=t.ink, fade=t.fade, heavy=t.heavy)
+                                        for s, t in zip(own.stores, target.stores * len(own.stores))))
     return replace(
         own,
         lookalike_of=target.name,
+        lookalike_kind=kind,
         wordmark=wordmark,
         logo_font=target.logo_font,
         logo_style=target.logo_style,
@@ -315,7 +439,8 @@ def _extra_names(rng, n: int, taken: set[str]) -> list[str]:
 def make_world(seed: int = 0, *, n_known: int = 25, n_unknown_val: int = 16, n_unknown_test: int = 16,
                n_lookalike: int = 5) -> World:
     """The chains of one seed. Val and test unknown chains are disjoint, so Other thresholds tuned on val
-    never see a test chain. Each split gets `n_lookalike` lookalikes of distinct known chains."""
+    never see a test chain. Each split gets `n_lookalike` lookalikes of distinct known chains, alternately
+    of kind "logo_and_template" and "logo"."""
     for nm, v in (("n_known", n_known), ("n_unknown_val", n_unknown_val), ("n_unknown_test", n_unknown_test)):
         if v < 1:
             raise ValueError(f"make_world: {nm}={v} must be at least 1")
@@ -324,7 +449,8 @@ def make_world(seed: int = 0, *, n_known: int = 25, n_unknown_val: int = 16, n_u
     n_lookalike = min(n_lookalike, n_unknown_val - 1, n_unknown_test - 1, n_known) if n_lookalike > 0 else 0
     n_lookalike = max(n_lookalike, 0)
     rng = np.random.default_rng([seed, 7101])
-    known = tuple(_identity(nm, True, np.random.default_rng([seed, 1, i])) for i, nm in enumerate(KNOWN_NAMES[:n_known]))
+    known = tuple(_with_variation(_identity(nm, True, np.random.default_rng([seed, 1, i])), np.random.default_rng([seed, 4, i]))
+                  for i, nm in enumerate(KNOWN_NAMES[:n_known]))
 
     taken = set(KNOWN_NAMES) | set(UNKNOWN_NAMES)
     n_plain = (n_unknown_val - n_lookalike) + (n_unknown_test - n_lookalike)
@@ -332,7 +458,8 @@ def make_world(seed: int = 0, *, n_known: int = 25, n_unknown_val: int = 16, n_u
     if n_plain > len(pool):
         pool += _extra_names(rng, n_plain - len(pool), taken)
     pool = [pool[i] for i in rng.permutation(len(pool))][:n_plain]
-    plain = [_identity(nm, False, np.random.default_rng([seed, 2, i])) for i, nm in enumerate(pool)]
+    plain = [_with_variation(_identity(nm, False, np.random.default_rng([seed, 2, i])), np.random.default_rng([seed, 5, i]))
+             for i, nm in enumerate(pool)]
 
     targets = [known[i] for i in rng.permutation(n_known)[: 2 * n_lookalike]] if n_lookalike else []
     if len(targets) < 2 * n_lookalike:  # few known chains: val and test imitate the same ones
@@ -342,7 +469,10 @@ def make_world(seed: int = 0, *, n_known: int = 25, n_unknown_val: int = 16, n_u
         lrng = np.random.default_rng([seed, 3, j])
         nm = _near_name(target.name, taken, lrng)
         taken.add(nm)
-        looks.append(_lookalike(target, _identity(nm, False, lrng), lrng))
+        # within each split the kinds alternate, starting with the harder one
+        kind = LOOKALIKE_KINDS[1 - (j % n_lookalike) % 2]
+        own = _with_variation(_identity(nm, False, lrng), np.random.default_rng([seed, 6, j]))
+        looks.append(_lookalike(target, own, lrng, kind))
     nv = n_unknown_val - n_lookalike
     unknown_val = tuple(plain[:nv] + looks[:n_lookalike])
     unknown_test = tuple(plain[nv:] + looks[n_lookalike:])

@@ -1,8 +1,10 @@
 """Render one flat receipt (the paper as it leaves the thermal printer) from a chain identity.
 
-The chain fixes logo, fonts and layout; the per-receipt RNG fixes the content (store, items, prices,
-date, codes). Output is an RGBA image whose alpha holds the torn top and bottom edges; the logo's box
-is in `img.info["logo_box"]` so the photo stage can put a known chain's logo partly in frame (Fig. 10).
+The chain fixes logo, fonts and layout family; the per-receipt RNG picks the store (header lines, printer)
+and the template variant, jitters the paper's width and tint a little, and fixes the content (items,
+prices, date, codes). Output is an RGBA image whose alpha holds the torn top and bottom edges; `img.info`
+holds the logo's box (`logo_box`, so the photo stage can put a known chain's logo partly in frame, Fig. 10,
+and mask it), the paper colour (`paper`), and which store and template printed it (`store`, `template`).
 """
 from __future__ import annotations
 
@@ -263,7 +265,8 @@ def _double_height(img: Image.Image, pen: _Pen, text: str, right: str, invert: b
     pen.y += pen.lh * 2
 
 
-def _layout(mask: Image.Image, logo: Image.Image, chain: Chain, rng: np.random.Generator) -> tuple[int, tuple]:
+def _layout(mask: Image.Image, logo: Image.Image, chain: Chain, rng: np.random.Generator,
+            store_number: int | None = None) -> tuple[int, tuple]:
     W = mask.width
     pen = _Pen(mask, chain, W)
     draw = pen.draw
@@ -279,7 +282,8 @@ def _layout(mask: Image.Image, logo: Image.Image, chain: Chain, rng: np.random.G
         pen.text(chain.phone, al, font=pen.small)
     if chain.tax_id:
         pen.text(chain.tax_id, al, font=pen.small)
-    store = chain.store_fmt.format(n=int(rng.integers(1, chain.n_stores + 1)))
+    drawn = int(rng.integers(1, chain.n_stores + 1))  # drawn either way: the content stream stays aligned
+    store = chain.store_fmt.format(n=store_number if store_number is not None else drawn)
     when = datetime(2017, 1, 1) + timedelta(minutes=int(rng.integers(0, 2 * 365 * 24 * 60)))
     date = when.strftime(chain.date_fmt)
     rno = f"{int(rng.integers(1, 9999))}/{int(rng.integers(1, 40))}/{int(rng.integers(1, 9))}"
@@ -369,16 +373,31 @@ def _smooth_1d(rng, n: int, knots: int) -> np.ndarray:
     return np.interp(np.linspace(0, knots - 1, n), np.arange(knots), k).astype(np.float32)
 
 
-def render_receipt(chain: Chain, rng: np.random.Generator, *, width: int = 240) -> Image.Image:
+def render_receipt(chain: Chain, rng: np.random.Generator, *, width: int = 240, store: int | None = None,
+                   template: int | None = None) -> Image.Image:
     """One receipt of `chain`, `width` pixels across for an 80 mm roll (58 mm rolls come out narrower).
 
-    Returns RGBA (alpha = paper incl. torn edges); `info["logo_box"]` is the logo's (x0, y0, x1, y1).
+    Returns RGBA (alpha = paper incl. torn edges); `info["logo_box"]` is the logo's (x0, y0, x1, y1),
+    `info["paper"]` the paper's RGB, `info["store"]` and `info["template"]` the variant's indices (-1 for a
+    chain without stores or templates). `store` and `template` force a variant (the draws are made anyway).
     """
-    W = max(64, int(round(width * (chain.paper_mm / 80.0))))
+    drawn_store = int(rng.integers(len(chain.stores))) if chain.stores else -1
+    drawn_template = int(rng.integers(len(chain.templates))) if chain.templates else -1
+    for name, v, n in (("store", store, len(chain.stores)), ("template", template, len(chain.templates))):
+        if v is not None and not 0 <= v < n:
+            raise ValueError(f"render_receipt: {name}={v} but chain {chain.name!r} has {n} {name}s")
+    store = drawn_store if store is None else store
+    template = drawn_template if template is None else template
+    store_number = chain.stores[store].number if chain.stores else None
+    if chain.stores and chain.templates:
+        chain = chain.receipt_variant(store, template)
+    # the same roll width varies a little between printers and with the photo's crop; tints overlap
+    W = max(64, int(round(width * (chain.paper_mm / 80.0) * rng.uniform(0.94, 1.06))))
+    tint = tuple(int(np.clip(t + d, 200, 255)) for t, d in zip(chain.tint, rng.integers(-7, 8, 3)))
     H = int(W * 5)
     mask = Image.new("L", (W, H), 0)
     logo = Image.new("L", (W, H), 0)
-    height, logo_box = _layout(mask, logo, chain, rng)
+    height, logo_box = _layout(mask, logo, chain, rng, store_number)
     height = min(H, int(height))
     m = np.asarray(mask, dtype=np.float32)[:height] * (1 / 255.0)
     lg = np.asarray(logo)[:height]
@@ -389,7 +408,7 @@ def render_receipt(chain: Chain, rng: np.random.Generator, *, width: int = 240) 
         m = np.maximum(m, lg * np.float32(1 / 255.0))
     m *= row[:, None]
     m *= col[None, :]
-    paper = np.array(chain.tint, np.float32)
+    paper = np.array(tint, np.float32)
     inkc = np.array([chain.ink, chain.ink, chain.ink + 12], np.float32)
     out = paper + (inkc - paper) * m[..., None]
     if chain.logo_color is not None:
@@ -404,5 +423,5 @@ def render_receipt(chain: Chain, rng: np.random.Generator, *, width: int = 240) 
     alpha[rows >= height - tear[None, :]] = 0
     alpha[rows < (rng.random(W) * 1.5).astype(int)[None, :]] = 0
     img = Image.fromarray(np.dstack([np.clip(out, 0, 255).astype(np.uint8), alpha]), "RGBA")
-    img.info["logo_box"] = logo_box
+    img.info.update(logo_box=logo_box, paper=tint, store=store, template=template)
     return img

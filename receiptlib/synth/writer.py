@@ -20,12 +20,14 @@ from .. import presets as _presets
 from ..common import OTHER, SPLITS, progress
 from ..io import atomic_write, write_text
 from .chains import World, make_world
-from .photo import PARAM_NAMES, photo_backgrounds, photograph
+from .photo import PARAM_NAMES, photograph
+from .scene import photo_backgrounds
 from .render import render_receipt
 
-FORMAT_VERSION = 2  # bump whenever the generator's output bytes change for the same config and seed
+FORMAT_VERSION = 3  # bump whenever the generator's output bytes change for the same config and seed
 SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
-MANIFEST_COLUMNS = ("path", "split", "label", "chain", "lookalike", "lookalike_of", "logo_in_frame", "second_chain") + PARAM_NAMES
+MANIFEST_COLUMNS = ("path", "split", "label", "chain", "lookalike", "lookalike_of", "lookalike_kind", "store", "template",
+                    "logo_in_frame", "second_chain") + PARAM_NAMES
 
 
 @dataclass(frozen=True)
@@ -35,15 +37,17 @@ class SynthConfig:
     name: str = "custom"
     n_known: int = 25  # the paper's 25 chains
     n_unknown_val: int = 16  # unknown chains behind val's Other; disjoint from test's
-    n_unknown_test: int = 16
+    n_unknown_test: int = 24  # more chains than val's: test's Other is resampled by chain for its intervals
     n_lookalike: int = 5  # per split, unknown chains wearing a known chain's logo (paper Figs 8-9)
     train_per_class: int = 100
     val_per_class: int = 24
-    test_per_class: int = 24
+    test_per_class: int = 32
     val_other: int = 600  # Other never appears in train
-    test_other: int = 600  # = 25 * test_per_class: test is half Other, like the competition's
+    test_other: int = 800  # = 25 * test_per_class: test is half Other, like the competition's
     lookalike_frac: float = 0.3  # share of Other photos showing a lookalike chain
-    logo_in_frame_frac: float = 0.2  # share of Other photos with a known receipt's logo partly in frame (Fig. 10)
+    # share of photos, known and Other alike (every split), with another known chain's receipt partly in frame,
+    # its logo visible (Fig. 10); the photo keeps the label of the receipt it shows whole
+    logo_in_frame_frac: float = 0.2
     width: int = 384  # portrait phone photos, downscaled: 224 px crops lose little
     height: int = 512
     difficulty: float = 1.0  # scales every photo distortion; 0 = flat receipts on a plain desk
@@ -56,8 +60,9 @@ class SynthConfig:
                 raise ValueError(f"SynthConfig.{f.name}={v} must be >= 0")
         if self.n_known < 1 or self.train_per_class < 1:
             raise ValueError("SynthConfig: n_known and train_per_class must be at least 1")
-        if self.lookalike_frac + self.logo_in_frame_frac > 1:
-            raise ValueError("SynthConfig: lookalike_frac + logo_in_frame_frac must be <= 1")
+        for name in ("lookalike_frac", "logo_in_frame_frac"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"SynthConfig.{name}={getattr(self, name)} is a share of photos: at most 1")
         if min(self.width, self.height) < 32:
             raise ValueError(f"SynthConfig: photo size {self.width}x{self.height} is too small (>= 32 px)")
 
@@ -94,7 +99,8 @@ class Item:
     id: int
     label: str
     chain: str
-    kind: str  # known | plain | lookalike | logo_in_frame
+    kind: str  # known | plain | lookalike
+    logo_in_frame: bool = False  # another known chain's receipt, logo visible, partly in frame
 
 
 def id_width(config: SynthConfig) -> int:
@@ -102,7 +108,10 @@ def id_width(config: SynthConfig) -> int:
 
 
 def plan(config: SynthConfig, seed: int, world: World | None = None) -> list[Item]:
-    """Every image of the data set. Ids are a seeded shuffle so a file's number says nothing of its class."""
+    """Every image of the data set. Ids are a seeded shuffle so a file's number says nothing of its class.
+
+    Logo-in-frame photos are drawn at the same share among known and among Other photos of every split, so
+    clutter in the frame says nothing of the label (the known photos keep their chain's label)."""
     world = world or world_of(config, seed)
     items = []
     for split in SPLITS:
@@ -111,15 +120,17 @@ def plan(config: SynthConfig, seed: int, world: World | None = None) -> list[Ite
         n_other = {"train": 0, "val": config.val_other, "test": config.test_other}[split]
         looks, plain = world.lookalikes(split), world.plain_unknown(split)
         n_look = int(round(n_other * config.lookalike_frac)) if looks else 0
-        n_lif = int(round(n_other * config.logo_in_frame_frac))
         for k in range(n_other):
             if k < n_look:
                 rows.append((OTHER, looks[k % len(looks)].name, "lookalike"))
             else:
-                kind = "logo_in_frame" if k < n_look + n_lif else "plain"
-                rows.append((OTHER, plain[k % len(plain)].name, kind))
+                rows.append((OTHER, plain[(k - n_look) % len(plain)].name, "plain"))
+        lif = np.zeros(len(rows), bool)
+        pick = np.random.default_rng([seed, 200 + SPLIT_CODE[split]])
+        for group in (np.arange(len(rows) - n_other), np.arange(len(rows) - n_other, len(rows))):
+            lif[pick.choice(group, int(round(len(group) * config.logo_in_frame_frac)), replace=False)] = True
         order = np.random.default_rng([seed, 100 + SPLIT_CODE[split]]).permutation(len(rows))
-        items += [Item(split, i, *rows[j]) for i, j in enumerate(order)]
+        items += [Item(split, i, *rows[j], logo_in_frame=bool(lif[j])) for i, j in enumerate(order)]
     return items
 
 
@@ -145,10 +156,11 @@ def make_photo(world: World, config: SynthConfig, seed: int, item: Item):
     chain = world.chain(item.chain)
     base = max(96, int(config.width * 0.6))  # about the width it will have in the photo: no huge render to shrink
     receipt = render_receipt(chain, rng, width=base)
-    if item.kind == "logo_in_frame" or item.label != OTHER:
-        pool = [c for c in world.known if c.name != item.chain]  # a known chain's receipt (train sees only known chains)
-    else:
-        pool = [c for c in world.unknown(item.split) if c.name != item.chain]
+    # A second receipt in frame: a known chain's for logo-in-frame photos; otherwise any chain of the split, for
+    # known and Other photos alike (train has only known chains), so the clutter's chain says nothing of the label
+    pool = [c for c in world.known if c.name != item.chain]
+    if not item.logo_in_frame:
+        pool += [c for c in world.unknown(item.split) if c.name != item.chain]
     pool = pool or [chain]
     second_chain = pool[int(rng2.integers(len(pool)))]
     used = []
@@ -158,9 +170,10 @@ def make_photo(world: World, config: SynthConfig, seed: int, item: Item):
         return render_receipt(second_chain, rng2, width=base)
 
     img, params = photograph(receipt, rng, size=(config.width, config.height), difficulty=config.difficulty,
-                             second=second, logo_in_frame=item.kind == "logo_in_frame")
+                             second=second, logo_in_frame=item.logo_in_frame)
     row = {"split": item.split, "label": item.label, "chain": item.chain, "lookalike": item.kind == "lookalike",
-           "lookalike_of": chain.lookalike_of or "", "logo_in_frame": item.kind == "logo_in_frame",
+           "lookalike_of": chain.lookalike_of or "", "lookalike_kind": chain.lookalike_kind or "",
+           "store": receipt.info["store"], "template": receipt.info["template"], "logo_in_frame": item.logo_in_frame,
            "second_chain": used[0] if used else "", **params}
     return img, row
 

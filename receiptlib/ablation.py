@@ -1,0 +1,77 @@
+"""Cue ablation: what the classifier reads. Test photos with the receipt's header (its top down to the logo's
+bottom) or its body masked as blank paper, through the trained model; the regions come from the synthetic
+manifest's `header_quad` and `body_quad` (where the generator put them), so real photos cannot be ablated."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import models
+from .data import photo_table
+from .io import save_npy
+from .photos import mask_quads, parse_quad, read_image
+from .runs import Run
+
+REGIONS = ("header", "body")
+
+
+def masked_logits(run: Run, region: str, split: str = "test", *, device: str = "auto",
+                  batch_size: int = 64) -> np.ndarray:
+    """Logits [N, C] of `split`'s photos (in `run.outputs(split)` order) with `region` masked. Cached as
+    outputs/{split}_mask-{region}_logits.npy."""
+    if region not in REGIONS:
+        raise ValueError(f"region={region!r}: expected one of {REGIONS}")
+    cache = run.path / "outputs" / f"{split}_mask-{region}_logits.npy"
+    if cache.is_file():
+        return np.load(cache, allow_pickle=False)
+    paths = run.outputs(split)["paths"]
+    table = photo_table(run.data_dir, paths, missing="keep")
+    for column in ("header_quad", "body_quad"):
+        if column not in table.columns or table[column].isna().all():
+            raise ValueError(f"{run.data_dir / 'manifest.csv'}: no {column} column; cue ablation needs the synthetic "
+                             "generator's manifest (format 3 or later)")
+    pre = run.preprocessing
+    model = run.load_model("best", device)
+    dev = next(model.parameters()).device
+    out = np.zeros((len(paths), len(run.known_classes)), np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(paths), batch_size):
+            batch = []
+            for i in range(start, min(start + batch_size, len(paths))):
+                img = read_image(run.data_dir / table.path[i])
+                header = parse_quad(table.header_quad[i], img.size, where=f"{table.path[i]}: header_quad")
+                body = parse_quad(table.body_quad[i], img.size, where=f"{table.path[i]}: body_quad")
+                img = mask_quads(img, [header if region == "header" else body], [header, body])
+                batch.append(pre.normalise(np.asarray(pre.resized(img))))
+            x = torch.from_numpy(np.stack(batch)).to(dev)
+            _, logits = models.features_and_logits(model, x)
+            out[start:start + len(batch)] = logits.float().cpu().numpy()
+    save_npy(cache, out)
+    return out
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% at z = 1.96): sound near 0 and 1, where accuracies sit."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (float(centre - half), float(centre + half))
+
+
+def cue_accuracy(run: Run, split: str = "test", *, device: str = "auto") -> dict:
+    """Closed-set accuracy on `split`'s known photos as they are and with each region masked: {condition:
+    {"accuracy", "n", "low", "high"}} (Wilson 95%); conditions "none", "header", "body"."""
+    outputs = run.outputs(split)
+    known = outputs["labels"] < len(run.known_classes)
+    if not known.any():
+        raise ValueError(f"{run.path}: split {split!r} has no known photos")
+    result = {"none": outputs["logits"]}
+    result.update({region: masked_logits(run, region, split, device=device) for region in REGIONS})
+    table = {}
+    for name, logits in result.items():
+        right = int((logits[known].argmax(1) == outputs["labels"][known]).sum())
+        low, high = wilson(right, int(known.sum()))
+        table[name] = {"accuracy": right / int(known.sum()), "n": int(known.sum()), "low": low, "high": high}
+    return table
