@@ -25,7 +25,8 @@ _REPORT_STN = dict(seeds=(0, 1, 2), epochs=5, stage2_epochs=2, image_size=64, in
                    max_train_images=1250, batch_size=32, transform="rts")
 _REPORT_BENCH = dict(image_size=224, batch_size=16, repeats=10, e2e_images=256, n_val=1000,
                      backends=("torch-fp32", "torch-channels_last", "torch-bf16", "onnx-fp32", "onnx-int8"))
-_REPORT_RESIDUAL = dict(blocks=16, width=12, image_size=40, steps=60, lr=0.05)
+_REPORT_RESIDUAL = dict(depths=(4, 8, 16), width=16, image_size=32, steps=300, lr=0.05, batch_size=32,
+                        train_photos=2500, val_photos=600, grad_blocks=16)
 _REPORT_PAPER_RECIPE = dict(epochs=1, max_train_images=600, image_size=224)
 # ResNet18 from scratch as the report trained it before (the fast recipe at 64 px), for as many epochs as the
 # fine-tuned run: the transfer gain at an equal number of passes over the photos
@@ -56,7 +57,7 @@ PRESETS: dict[str, Preset] = {
                  batch_size=32, transform="rts"),
         bench=dict(image_size=64, batch_size=16, repeats=2, e2e_images=32, n_val=40,
                    backends=("torch-fp32", "onnx-int8")),
-        residual=dict(_REPORT_RESIDUAL, steps=6),
+        residual=dict(_REPORT_RESIDUAL, depths=(1, 2), width=8, steps=6, grad_blocks=12),
         paper_recipe=dict(epochs=1, max_train_images=40, image_size=64),
         transfer=dict(resnet_recipe="fast", resnet_image_size=64),
     ),
