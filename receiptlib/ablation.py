@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from . import models
+from .common import wilson_interval
 from .data import photo_table
 from .io import save_npy
 from .photos import mask_quads, parse_quad, read_image
@@ -50,16 +51,6 @@ def masked_logits(run: Run, region: str, split: str = "test", *, device: str = "
     return out
 
 
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion (95% at z = 1.96): sound near 0 and 1, where accuracies sit."""
-    if n <= 0:
-        return (float("nan"), float("nan"))
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (float(centre - half), float(centre + half))
-
-
 def cue_accuracy(run: Run, split: str = "test", *, device: str = "auto") -> dict:
     """Closed-set accuracy on `split`'s known photos as they are and with each region masked: {condition:
     {"accuracy", "n", "low", "high"}} (Wilson 95%); conditions "none", "header", "body"."""
@@ -72,6 +63,6 @@ def cue_accuracy(run: Run, split: str = "test", *, device: str = "auto") -> dict
     table = {}
     for name, logits in result.items():
         right = int((logits[known].argmax(1) == outputs["labels"][known]).sum())
-        low, high = wilson(right, int(known.sum()))
+        low, high = wilson_interval(right, int(known.sum()))
         table[name] = {"accuracy": right / int(known.sum()), "n": int(known.sum()), "low": low, "high": high}
     return table

@@ -33,6 +33,17 @@ def as_known_classes(classes: Sequence[str]) -> list[str]:
     return known
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% at z = 1.96): sound near 0 and 1, where accuracies and error
+    rates of small slices sit; (nan, nan) for n = 0."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def pick_device(device: str = "auto"):
     """Return a torch.device: "auto" takes CUDA when present, else CPU."""
     import torch

@@ -5,7 +5,7 @@
     p.train      # fields of train.TrainConfig (the report's training run)
     p.stn        # section VII's experiment: STNRecipe fields plus the seeds (stn.compare)
     p.bench      # section VIII's timings: bench.BenchConfig fields plus n_val (the fast choice's check)
-    p.residual   # section IV's gradient study (residual.gradient_study)
+    p.residual   # section IV's depth study and gradient contrast (residual.depth_study, residual.gradient_norms)
     p.paper_recipe  # notebook 03's run of the paper's own recipe
     p.transfer   # notebook 03's arms against the fine-tuned backbone: the backbone from scratch, ResNet18
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 # Sizes shared by quick and hard (hard = the same sizes, every photo distortion at full strength)
 # The report's model: ImageNet-pretrained EfficientNet-Lite0 fine-tuned end to end (the paper's idea; its weights
 # install with the package)
-_REPORT_TRAIN = dict(arch="efficientnet_lite0", recipe="finetune", epochs=4, image_size=160)
+_REPORT_TRAIN = dict(arch="efficientnet_lite0", recipe="finetune", epochs=6, image_size=160)
 _REPORT_STN = dict(seeds=(0, 1, 2), epochs=5, stage2_epochs=2, image_size=64, input_size=128,
                    max_train_images=1250, batch_size=32, transform="rts")
 _REPORT_BENCH = dict(image_size=224, batch_size=16, repeats=10, e2e_images=256, n_val=1000,

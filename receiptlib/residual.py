@@ -24,6 +24,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from . import data
+
 NETS = ("plain", "residual")
 
 
@@ -262,8 +264,6 @@ def load_photos(root, split: str, *, image_size: int, limit: int | None = None, 
     """(images, labels, known classes) of up to `limit` photos of known chains from `split` (Other left out), in
     a seeded random order, decoded once at `image_size` px with the evaluation transform: the depth study's
     fixed pool of training photos, or its held-out photos."""
-    from . import data
-
     ds = data.ReceiptFolder(root, split, transform=data.eval_transform(image_size=image_size), on_error="skip")
     xs, ys, n = [], [], 0
     for x, y in data.make_loader(ds, batch_size=256, shuffle=True, seed=seed, on_error="skip"):

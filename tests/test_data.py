@@ -383,3 +383,17 @@ def test_distortion_bins_of_a_photo_table():
     assert bins["occluded fraction"].astype(str).tolist() == ["(-0.01, 0.0]"] * 4  # no column (real photos): 0
     assert bins["kind of photo"].tolist() == ["known", "lookalike Other", "logo-in-frame Other", "plain Other"]
     assert all(b.index.equals(table.index) for b in bins.values())
+
+
+def test_slice_rates_merge_small_ordered_bins_and_give_wilson_intervals():
+    import pandas as pd
+
+    key = pd.cut(pd.Series([1.0] * 100 + [15.0] * 10 + [25.0] * 60 + [90.0] * 5), [0, 10, 20, 30, 180])
+    wrong = [False] * 90 + [True] * 10 + [True] * 10 + [False] * 60 + [True] * 5
+    table = D.slice_rates(wrong, key, min_photos=50)
+    assert table.n.tolist() == [100, 75] and table.n.sum() == 175  # 10 + 60 + 5 merged, no photo lost
+    assert table.bin.tolist()[0] == "(0, 10]" and table.bin.tolist()[1] == "(10, 20] … (30, 180]"
+    assert table.rate.tolist() == [0.1, 15 / 75]
+    assert (table.low <= table.rate).all() and (table.rate <= table.high).all()
+    kinds = pd.Series(["known"] * 3 + ["plain Other"] * 2)
+    assert D.slice_rates([True, False, False, True, True], kinds).n.tolist() == [3, 2]  # unordered: kept

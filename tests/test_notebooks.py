@@ -38,6 +38,8 @@ def check_02(results):
 def check_03(results):
     assert 0.0 <= results["val_accuracy"] <= 1.0 and 0.0 <= results["test_accuracy"] <= 1.0
     assert results["test_known_photos"] > 0  # the quoted accuracy is test's, on its known photos
+    low, high = results["test_accuracy_interval"]
+    assert low <= results["test_accuracy"] <= high
     recipes = results["recipes"]
     assert recipes["paper"]["batch_size"] == 4 and recipes["paper"]["optimizer"] == "sgd"  # section V as written
     ours = recipes[rl.presets.get("tiny").train["recipe"]]

@@ -219,7 +219,7 @@ def test_runner_regenerates_the_readme_from_the_report_preset_only(tmp_path, mon
 def test_notebook_settings_are_the_presets_with_overrides():
     quick = {section: rl.report.settings("quick", section) for section in ("residual", "paper_recipe", "stn", "bench")}
     # the values the report's notebooks had in their parameters cells before they moved to rl.presets
-    assert quick["residual"] == dict(blocks=16, width=12, image_size=40, steps=60, lr=0.05)
+    assert quick["residual"] == dict(rl.presets.get("quick").residual) and quick["residual"]["depths"] == (4, 8, 16)
     assert quick["paper_recipe"] == dict(epochs=1, max_train_images=600, image_size=224)
     assert quick["stn"] == dict(seeds=(0, 1, 2), epochs=5, stage2_epochs=2, image_size=64, input_size=128,
                                 max_train_images=1250, batch_size=32, transform="rts")

@@ -18,12 +18,12 @@ from .images import (IMAGENET_MEAN, IMAGENET_STD, IMAGE_EXTENSIONS, ImageReadErr
                      MAX_PIXELS, denormalize, eval_transform, is_image_file, read_image, to_rgb,
                      train_transform)
 from .folders import PathDataset, ReceiptFolder, as_known_classes, class_names, image_files, known_classes
-from .manifest import distortion_bins, photo_table, read_manifest
+from .manifest import distortion_bins, photo_table, read_manifest, slice_rates
 from .loaders import Failed, ReceiptLoader, SeededView, collate_skip_failed, make_loader
 
 __all__ = [
     "Failed", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "ImageReadError", "Jitter", "MAX_PIXELS",
     "PathDataset", "ReceiptFolder", "ReceiptLoader", "SeededView", "as_known_classes", "class_names", "collate_skip_failed",
     "denormalize", "distortion_bins", "eval_transform", "image_files", "is_image_file", "known_classes",
-    "make_loader", "photo_table", "read_image", "read_manifest", "to_rgb", "train_transform"
+    "make_loader", "photo_table", "read_image", "read_manifest", "slice_rates", "to_rgb", "train_transform"
 ]

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..common import OTHER, SPLITS
+from ..common import OTHER, SPLITS, wilson_interval
 from .images import is_image_file
 
 
@@ -96,3 +96,33 @@ def distortion_bins(table) -> dict:
             "blur (px)": pd.cut(column("blur_px"), [-0.01, 0.5, 1.5, 3, 100]),
             "occluded fraction": pd.cut(column("occluded_frac"), [-0.01, 0.0, 0.1, 0.25, 1]),
             "kind of photo": pd.Series(kind, index=table.index)}
+
+
+def slice_rates(flags, key, *, min_photos: int = 50):
+    """The rate of ``flags`` (a boolean per photo, e.g. "wrong") in each bin of ``key`` (from ``distortion_bins``),
+    with its Wilson 95% interval: a DataFrame of bin, n, rate, low, high. Adjacent bins of an ordered key with
+    fewer than ``min_photos`` photos are merged (into the next one, the last into the one before), so no rate
+    rests on a handful of photos; unordered bins (kinds of photo) are kept, small or not, with their n."""
+    import pandas as pd
+
+    flags = pd.Series(np.asarray(flags, bool), index=key.index)
+    ordered = isinstance(key.dtype, pd.CategoricalDtype) and key.cat.ordered
+    groups = [(str(b), flags[key == b]) for b in (key.cat.categories if ordered else pd.unique(key.dropna()))]
+    groups = [(name, g) for name, g in groups if len(g)]
+    if ordered:
+        merged = []
+        for name, g in groups:
+            if merged and len(merged[-1][1]) < min_photos:
+                first = merged[-1][0].split(" … ")[0]
+                merged[-1] = (f"{first} … {name}", pd.concat([merged[-1][1], g]))
+            else:
+                merged.append((name, g))
+        if len(merged) > 1 and len(merged[-1][1]) < min_photos:
+            (a, ga), (b, gb) = merged[-2], merged[-1]
+            merged[-2:] = [(f"{a.split(' … ')[0]} … {b.split(' … ')[-1]}", pd.concat([ga, gb]))]
+        groups = merged
+    rows = []
+    for name, g in groups:
+        low, high = wilson_interval(int(g.sum()), len(g))
+        rows.append({"bin": name, "n": len(g), "rate": float(g.mean()), "low": low, "high": high})
+    return pd.DataFrame(rows, columns=["bin", "n", "rate", "low", "high"])

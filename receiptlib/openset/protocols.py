@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .base import Detector, Outputs, as_outputs
+from .evaluation import evaluate
 from .intervals import LEVEL, N_RESAMPLES, bootstrap_macro_f1
 
 PROTOCOLS = {
@@ -144,8 +145,6 @@ def compare_protocols(detectors: Mapping[str, Detector], protocols: ChainProtoco
     each detector fitted under each protocol (the detectors given are left as they are), both evaluated on
     ``protocols.evaluation``; difference = same_chains − disjoint macro-F1, with its paired bootstrap interval
     over the evaluation photos (known by photo, Other by chain). Plain JSON-ready values."""
-    from .evaluation import evaluate
-
     out = {}
     ev = protocols.evaluation
     other_groups = np.where(ev.labels == ev.num_known, protocols.evaluation_chains, None)

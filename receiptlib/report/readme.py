@@ -11,6 +11,11 @@ REPORT_FILE = "report.json"  # the runner's own timings (results/NN_*.json are t
 STN_SLICES = {"all": "all test photos", "hard": "hard slice"}
 
 
+def _interval(bounds) -> str:
+    """' (95% interval a–b)' for a [low, high] pair, '' when a result has none (older results)."""
+    return f" (95% interval {_num(bounds[0])}–{_num(bounds[1])})" if bounds else ""
+
+
 def _weights(source: str) -> str:
     """A weights source as the README shows it: its kind and the file's name, not the folder it sat in."""
     kind, _, path = str(source).partition(":")
@@ -50,7 +55,8 @@ def summary(results_dir: str | Path = "results", *, link_prefix: str = "") -> st
         r = found["03"]
         if "test_accuracy" in r:  # val chose the epoch; the figure quoted is test's
             lines += [f"- **Closed-set accuracy** (test, {r['test_known_photos']} photos of known chains): "
-                      f"{_num(r['test_accuracy'])} (val {_num(r['val_accuracy'])}), `{r['arch']}` after {r['epochs']} "
+                      f"{_num(r['test_accuracy'])}{_interval(r.get('test_accuracy_interval'))} (val "
+                      f"{_num(r['val_accuracy'])}), `{r['arch']}` after {r['epochs']} "
                       f"epochs in {_num(r['train_seconds'], 0)} s, weights `{_weights(r['weights_source'])}`. {nb(r)}, "
                       f"{fig('03_learning_curves')}"]
         else:
