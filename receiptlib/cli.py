@@ -392,7 +392,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     run_flags(p)
     p.add_argument("--method", default="per-class-logit", choices=("per-class-logit", "global-softmax"),
                    help="per-class thresholds on the max logit (the paper's) or one softmax threshold")
-    p.add_argument("--k", type=float, default=2.0, help="per-class-logit: thresholds start at mean - k * std")
+    p.add_argument("--k", type=float, default=2.0,  # openset.PAPER_K, not imported here (a fast --help); tested equal
+                   help="per-class-logit: thresholds start at mean - k * std")
     p.add_argument("--rule", default="mean_std", choices=("mean_std", "macro_f1"),
                    help="per-class-logit: keep mean - k*std, or move each threshold to maximise macro-F1 on val")
     p.add_argument("--override", nargs="+", default=None, metavar="CLASS=T", help="per-class-logit: fixed thresholds")

@@ -100,7 +100,7 @@ class ThresholdTuner:
     shows the grid's readout and recomputes once it settles (SETTLE_S), at once where no event loop runs.
     """
 
-    def __init__(self, val, classes: Sequence[str], path: str | Path, *, k: float = 2.0, run: str | None = None,
+    def __init__(self, val, classes: Sequence[str], path: str | Path, *, k: float = openset.PAPER_K, run: str | None = None,
                  k_range: tuple[float, float] = (0.0, 6.0), grid: list[dict] | None = None, presets=None):
         import ipywidgets as w
 

@@ -92,3 +92,10 @@ def test_tiny_pipeline_through_the_cli(tmp_path, capsys):
     fp32_out = tmp_path / "fp32.csv"
     assert main(["predict", "--run", str(run), "--backend", "torch-fp32", *good, "--out", str(fp32_out)]) == 0
     assert [r["top1"] for r in csv.DictReader(onnx_out.open())] == [r["top1"] for r in csv.DictReader(fp32_out.open())]
+
+
+def test_fit_other_k_default_is_the_one_k_everywhere():
+    from receiptlib import openset
+
+    args = receiptlib_cli.build_parser("fit-other").parse_args(["fit-other", "--run", "x"])
+    assert args.k == openset.PAPER_K

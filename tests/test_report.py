@@ -289,3 +289,15 @@ def test_run_comparison_table_from_runs():
     assert table.loc["fast", "test_accuracy"] == 0.9 - 0.01 and table.loc["fast", "val_accuracy_epoch_1"] == 0.5
     assert (table.loc["paper", "arch"], table.loc["paper", "weights"]) == ("resnet18", "none")
     assert (table.loc["fast", "arch"], table.loc["fast", "weights"]) == ("efficientnet_lite0", "imagenet")
+
+
+def test_another_presets_summary_says_when_it_comes_from_an_older_world(tmp_path):
+    meta = {"date": "2026-12-02", "preset": "hard", "seed": 0}
+    (tmp_path / "03_training.json").write_text(json.dumps({"meta": meta, "test_accuracy": 0.9, "val_accuracy": 0.9}))
+    (tmp_path / "07_beyond_thresholds.json").write_text(json.dumps(
+        {"meta": meta, "test": {"MaxLogit()": {"macro_f1": 0.8, "other_f1": 0.7, "auroc": 0.9}}}))
+    old = "\n".join(rl.report.readme.other_preset_lines(tmp_path, "hard", "x", shown="results/hard"))
+    assert "previous synthetic world" in old and "| `MaxLogit()` | 0.800 |" in old
+    (tmp_path / "01_problem_and_data.json").write_text(json.dumps({"meta": meta, "difficulty": 1.0}))
+    new = "\n".join(rl.report.readme.other_preset_lines(tmp_path, "hard", "x", shown="results/hard"))
+    assert "previous synthetic world" not in new and "| `MaxLogit()` | 0.800 |" in new

@@ -28,7 +28,7 @@ def test_report_config_presets(tmp_path):
     quick = T.report_config("quick", data_dir=tmp_path)
     r = quick.resolved_recipe()
     # the measured quick setting: the pretrained backbone fine-tuned (docs/decisions.md)
-    assert (quick.arch, quick.weights, quick.epochs) == ("efficientnet_lite0", "auto", 4)
+    assert (quick.arch, quick.weights, quick.epochs) == ("efficientnet_lite0", "auto", 6)
     assert (r.image_size, r.batch_size, r.rotation, r.amp, r.label_smoothing) == (160, 32, 45.0, "cuda", 0.0)
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         T.report_config("huge", data_dir=tmp_path)

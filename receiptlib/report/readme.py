@@ -99,6 +99,12 @@ def summary(results_dir: str | Path = "results", *, link_prefix: str = "") -> st
             tied = ", ".join(f"`{n}`" for n in r.get("tied_with_best") or []) or "none"
             lines.append(f"\nBest on test: `{r['best']}`; within noise of it (the paired interval of the difference "
                          f"includes 0): {tied}.")
+        cues = r.get("cue_ablation")
+        if cues:  # what the classifier reads (synthetic data only: the generator records where header and body lie)
+            shown = "; ".join(f"{'nothing' if k == 'none' else k} masked {_num(v['accuracy'])} ({_num(v['low'])}–"
+                              f"{_num(v['high'])})" for k, v in cues.items())
+            lines.append(f"\nWhat the classifier reads (closed-set accuracy on test's {cues['none']['n']} known photos, "
+                         f"Wilson 95%): {shown}. {fig('07_cue_ablation')}")
     lines += other_preset_lines(results_dir / "hard", "hard", "every photo distortion at full strength, difficulty 1.0",
                                 shown=f"{link_prefix}results/hard")
     if "05" in found:
@@ -136,9 +142,16 @@ def other_preset_lines(results_dir: Path, preset: str, what: str, *, shown: str)
     if not all(f.is_file() for f in files.values()):
         return []
     r3, r7 = (read_json(f) for f in files.values())
+    data = results_dir / "01_problem_and_data.json"
+    # notebook 01 records the world's difficulty since the generator's format 3 (#16); without it, these results
+    # come from the world before it (one template per chain, clutter only on Other photos) and are not comparable
+    older = not data.is_file() or "difficulty" not in read_json(data)
+    stale = (" **Measured on the previous synthetic world (generator format 2, before variation within chains and "
+             f"the equal clutter rates), so not comparable with the figures above; `make report PRESET={preset}` "
+             "updates it.**") if older else ""
     lines = ["", f"The `{preset}` preset ({what}; `make report PRESET={preset}`, {r3['meta']['date']}, "
              f"results in `{shown}/`): closed-set accuracy on test {_num(r3.get('test_accuracy'))} "
-             f"(val {_num(r3.get('val_accuracy'))}); Other detectors, test macro-F1:", "",
+             f"(val {_num(r3.get('val_accuracy'))}); Other detectors, test macro-F1:{stale}", "",
              "| detector | macro-F1 | Other F1 | AUROC |", "|---|---|---|---|"]
     for name, v in r7["test"].items():
         lines.append(f"| `{name}` | {_num(v['macro_f1'])} | {_num(v['other_f1'])} | {_num(v['auroc'])} |")
