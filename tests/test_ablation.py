@@ -47,5 +47,8 @@ def test_wilson_interval():
     assert 0.94 < low < 0.99 < high < 1.0
     assert wilson_interval(0, 10)[0] == 0.0 and 0.2 < wilson_interval(0, 10)[1] < 0.35
     assert np.isnan(wilson_interval(0, 0)[0])
+    for k, n in ((0, 7), (7, 7), (0, 1), (1, 3)):  # always brackets the share: error bars never negative
+        low, high = wilson_interval(k, n)
+        assert low <= k / n <= high
     with pytest.raises(ValueError, match="cue ablation needs|region="):
         ablation.masked_logits(None, "logo")
