@@ -52,3 +52,30 @@ def test_wilson_interval():
         assert low <= k / n <= high
     with pytest.raises(ValueError, match="cue ablation needs|region="):
         ablation.masked_logits(None, "logo")
+
+
+@pytest.mark.parametrize("only,seed", [("rotation", 1), ("perspective", 2), (None, 3), (None, 8)])
+def test_the_header_quad_holds_the_logo_and_the_body_quad_does_not(only, seed):
+    """Paint the receipt's logo box solid red, photograph it and the plain receipt with the same draws: every pixel
+    the red reaches lies in the header quad and (but for the shared edge) outside the body quad."""
+    from PIL import ImageDraw, ImageFilter
+
+    w = synth.make_world(0)
+    receipt = synth.render_receipt(w.known[4], np.random.default_rng(seed), width=200)
+    red = receipt.copy()
+    red.info.update(receipt.info)
+    ImageDraw.Draw(red).rectangle(receipt.info["logo_box"], fill=(255, 0, 0, 255))
+    size = (192, 256)
+    a, p = synth.photograph(receipt, np.random.default_rng(seed), size=size, only=only, difficulty=1.0)
+    b, q = synth.photograph(red, np.random.default_rng(seed), size=size, only=only, difficulty=1.0)
+    assert p["header_quad"] == q["header_quad"]
+    diff = np.abs(np.asarray(b, float) - np.asarray(a, float)).sum(2) > 60
+    assert diff.sum() > 20  # the logo is in frame
+    masks = {}
+    for name in ("header_quad", "body_quad"):
+        m = Image.new("L", size, 0)
+        ImageDraw.Draw(m).polygon(photos.parse_quad(p[name], size), fill=255)
+        masks[name] = np.asarray(m.filter(ImageFilter.MaxFilter(7))) > 0
+    # crumpling displaces the paper and blur spreads the red a few pixels past the flat receipt's quad: not all of it
+    assert masks["header_quad"][diff].mean() > 0.9
+    assert masks["body_quad"][diff].mean() < 0.5
