@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 
 log = logging.getLogger(__name__)
@@ -272,8 +272,6 @@ def parse_quad(text: str, size: tuple[int, int], *, where: str = "quad") -> list
 def mask_quads(img: Image.Image, cover: list, paper: list) -> Image.Image:
     """``img`` with the quads in ``cover`` filled by the median colour of the quads in ``paper`` (the receipt as
     the photo shows it: mostly blank paper under the photo's light), so a masked region reads as blank paper."""
-    from PIL import ImageDraw
-
     area = Image.new("L", img.size, 0)
     draw = ImageDraw.Draw(area)
     for quad in paper:
