@@ -34,11 +34,14 @@ def numbers_are_from(text: str, results: list[dict]) -> list[str]:
     strings = [v for v in values if isinstance(v, str)]
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     unexplained = []
-    for token in re.findall(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?", text):
+    for signed in re.findall(r"[+-]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)", text):
+        token = signed.lstrip("+-")
         if token in TEMPLATE_NUMBERS or any(token in s for s in strings):
             continue
         digits = len(token.split(".")[1]) if "." in token else 0
-        if not any(f"{n:.{digits}f}" == token for n in numbers):
+        # a signed token ("+0.020", "-0.031": the README's differences) must match the number with its sign
+        forms = (lambda n: f"{n:+.{digits}f}") if signed[0] in "+-" else (lambda n: f"{abs(n):.{digits}f}")
+        if not any(forms(n) == signed for n in numbers):
             unexplained.append(token)
     return unexplained
 
@@ -61,14 +64,23 @@ def test_stn_table_numbers_come_from_the_json(tmp_path):
         {"meta": {**meta, "notebook": "03_training"}, "val_accuracy": 0.5, "epochs": 15, "train_seconds": 431.7,
          "weights_source": "none"}))
     assert "Spatial transformer" not in rl.report.summary(tmp_path)  # notebook 05 has not run: no section
-    rows = [{"slice": sl, "method": m, "accuracy_mean": 0.41234 + i / 100, "accuracy_std": 0.0123,
-             "macro_f1_mean": 0.31234 + i / 100, "macro_f1_std": 0.0234, "seeds": 3, "n_test": n}
-            for sl, n in (("all", 1200), ("hard", 522)) for i, m in enumerate(("resnet", "joint", "staged"))]
+    rows = [{"slice": sl, "arm": m, "accuracy_mean": 0.41234 + i / 100, "accuracy_std": 0.0123,
+             "macro_f1_mean": 0.31234 + i / 100, "macro_f1_std": 0.0234, "seeds": 3, "n_test": n,
+             "accuracy_diff": i / 100, "accuracy_diff_low": i / 100 - 0.0211, "accuracy_diff_high": i / 100 + 0.0187,
+             "macro_f1_diff": i / 100, "macro_f1_diff_low": -0.0311, "macro_f1_diff_high": 0.0421,
+             **({} if m == "finetune" else {"mean_zoom": 0.8765, "mean_abs_rotation_deg": 6.54,
+                                            "hard_mean_zoom": 0.7654, "hard_mean_abs_rotation_deg": 9.87})}
+            for sl, n in (("all", 1200), ("hard", 522)) for i, m in enumerate(("finetune", "joint", "staged"))]
+    oracle = {"identity": {"accuracy": 0.9471, "hard_accuracy": 0.8912}, "oracle": {"accuracy": 0.9063, "hard_accuracy": 0.9171},
+              "n_hard_known": 193}
     stn = {"meta": {**meta, "notebook": "05_stn"}, "seeds": [0, 1, 2], "summary": rows, "hard_slice_size": 522,
-           "test_size": 1200, "conclusion": "text"}
+           "test_size": 1200, "conclusion": "text", "oracle": oracle}
     (tmp_path / "05_stn.json").write_text(json.dumps(stn))
     text = rl.report.summary(tmp_path)
-    assert "| hard slice | staged | 0.432 ± 0.012 | 0.332 ± 0.023 |" in text and "05_stn.ipynb" in text
+    assert ("| hard slice | C: staged | 3 | 0.432 ± 0.012 | +0.020 (-0.001, +0.039) | 0.332 ± 0.023 | +0.020 (-0.031, "
+            "+0.042) | 0.765, 9.9° |") in text and "05_stn.ipynb" in text
+    assert "| all test photos | A: no transformer | 3 | 0.412 ± 0.012 | — |" in text
+    assert "0.947 → 0.906" in text and "193 known photos 0.891 → 0.917" in text
     results = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*.json"))]
     assert numbers_are_from(text, results) == []
 
@@ -221,8 +233,9 @@ def test_notebook_settings_are_the_presets_with_overrides():
     # the values the report's notebooks had in their parameters cells before they moved to rl.presets
     assert quick["residual"] == dict(rl.presets.get("quick").residual) and quick["residual"]["depths"] == (4, 8, 16)
     assert quick["paper_recipe"] == dict(epochs=1, max_train_images=600, image_size=224)
-    assert quick["stn"] == dict(seeds=(0, 1, 2), epochs=5, stage2_epochs=2, image_size=64, input_size=128,
-                                max_train_images=1250, batch_size=32, transform="rts")
+    assert quick["stn"] == dict(seeds=(0, 1, 2), stage1="report", single_seed_arms=("identity", "staged_norot"),
+                                image_size=160, view_size=320, max_train_images=1280, stage2_epochs=1, transform="rts")
+    assert quick["stn"]["image_size"] == rl.presets.get("quick").train["image_size"]  # stage 1 is notebook 03's run
     assert quick["bench"] == dict(image_size=224, batch_size=16, repeats=10, e2e_images=256, n_val=1000,
                                   backends=("torch-fp32", "torch-channels_last", "torch-bf16", "onnx-fp32", "onnx-int8"))
     nb = rl.report.Notebook("06_x", preset="tiny", data_root="unused", figures_dir="unused", results_dir="unused")
@@ -301,3 +314,10 @@ def test_another_presets_summary_says_when_it_comes_from_an_older_world(tmp_path
     (tmp_path / "01_problem_and_data.json").write_text(json.dumps({"meta": meta, "difficulty": 1.0}))
     new = "\n".join(rl.report.readme.other_preset_lines(tmp_path, "hard", "x", shown="results/hard"))
     assert "previous synthetic world" not in new and "| `MaxLogit()` | 0.800 |" in new
+
+
+def test_notebooks_skip_the_runners_leftover_copies(tmp_path):
+    for name in ("01_a.ipynb", "02_b.ipynb", "02_b.running.ipynb", "01_a.failed.ipynb"):
+        (tmp_path / name).write_text("{}")
+    assert [p.name for p in rl.report.notebooks(tmp_path)] == ["01_a.ipynb", "02_b.ipynb"]
+    assert [p.name for p in rl.report.notebooks(tmp_path, only=["02"])] == ["02_b.ipynb"]

@@ -1,20 +1,22 @@
-"""Spatial transformer (section VII): identity start, restricted transform, gradients, staged start, guard."""
+"""Spatial transformer (section VII): the sampler, the geometry it should learn, and the arms of the experiment."""
 from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
+import receiptlib as rl
 from receiptlib import stn as rstn
+from receiptlib.stn import geometry
 
 torch.set_num_threads(1)
+MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 
 def tiny_classifier(num_classes: int = 3) -> nn.Module:
@@ -23,399 +25,276 @@ def tiny_classifier(num_classes: int = 3) -> nn.Module:
                          nn.Linear(4, num_classes))
 
 
+def stn_model(transform="rts", *, out_size=10, loc_size=12, aspect=1.0, classifier=None):
+    return rstn.STNClassifier(rstn.SpatialTransformer(transform, aspect=aspect), classifier or nn.Identity(),
+                              loc_size=loc_size, out_size=out_size, mean=MEAN, std=STD)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampler
+# ---------------------------------------------------------------------------------------------
+
 @pytest.mark.parametrize("transform", ["rts", "affine"])
-def test_identity_initialisation_leaves_the_image_unchanged(transform):
+@pytest.mark.parametrize("aspect", [1.0, 4 / 3])
+def test_identity_initialisation_leaves_the_crop_equal_to_a_plain_resize(transform, aspect):
     torch.manual_seed(0)
-    stn = rstn.SpatialTransformer(transform)
-    x = torch.randn(2, 3, 20, 20)
-    torch.testing.assert_close(stn(x), x, atol=1e-5, rtol=0)  # same size: pixel centres read exactly
-    assert torch.allclose(stn.theta, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(2, 2, 3), atol=1e-6)
-    # STNClassifier: 2x larger input, crop at out_size = the 2x2 block average (align_corners=False)
-    model = rstn.STNClassifier(stn, tiny_classifier(), loc_size=12, out_size=10)
-    torch.testing.assert_close(model.transformed(x), F.avg_pool2d(x, 2), atol=1e-5, rtol=0)
-    # and exactly what the ResNet-alone model (stage 1 of staged training) sees
-    torch.testing.assert_close(model.transformed(x), rstn.ResizeClassifier(nn.Identity(), out_size=10)(x), atol=1e-5, rtol=0)
+    views = torch.rand(2, 3, 30, 30)
+    model = stn_model(transform, out_size=10, aspect=aspect)
+    crop = model.transformed(views)
+    # exactly what the classifier alone (arm A, stage 1) sees: a bilinear resize of the whole view
+    plain = rstn.ResizeClassifier(nn.Identity(), out_size=10, mean=MEAN, std=STD).crop(views)
+    torch.testing.assert_close(crop, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(crop, F.interpolate(views, size=10, mode="bilinear", align_corners=False), atol=1e-5, rtol=0)
+    assert torch.allclose(model.theta, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(2, 2, 3), atol=1e-6)
 
 
-def test_rts_transform_has_no_shear():
-    torch.manual_seed(0)
-    stn = rstn.SpatialTransformer("rts")
-    nn.init.normal_(stn.head.weight, std=2.0)
-    nn.init.normal_(stn.head.bias, std=2.0)
-    stn(torch.randn(6, 3, 16, 16))
-    a = stn.theta[:, :, :2]
-    # a scaled rotation [[s cos, -s sin], [s sin, s cos]]: A^T A = s^2 I, no shear or anisotropic squeeze
-    torch.testing.assert_close(a[:, 0, 0], a[:, 1, 1])
-    torch.testing.assert_close(a[:, 0, 1], -a[:, 1, 0])
-    gram = a.transpose(1, 2) @ a
-    torch.testing.assert_close(gram[:, 0, 1], torch.zeros(6), atol=1e-6, rtol=0)
-    assert not torch.allclose(a, torch.eye(2).expand(6, 2, 2))  # the random head really transformed
+def test_the_crop_reads_the_raw_high_resolution_pixels_and_normalises_after():
+    views = torch.rand(1, 3, 16, 16)
+    # a zoom of 0.5 about the centre at half the view's size reads the central 8 x 8 pixels exactly
+    theta = geometry.rigid_theta(torch.zeros(1), torch.full((1,), 0.5), torch.zeros(1), torch.zeros(1))
+    crop = rstn.SpatialTransformer.sample(views, theta, 8)
+    torch.testing.assert_close(crop, views[:, :, 4:12, 4:12], atol=1e-6, rtol=0)
+    # through the model: the crop is sampled from the raw view (not the localisation copy, not normalised), and the
+    # classifier gets it normalised once; outside the photo it reads black, normalised (0 - mean) / std = -1
+    model = stn_model(out_size=8, loc_size=12, classifier=nn.Identity())
+    bound = math.atanh((math.log(0.5) - math.log(0.4 * 1.25) / 2) / (math.log(1.25 / 0.4) / 2))
+    u0 = math.atanh(-(math.log(0.4 * 1.25) / 2) / (math.log(1.25 / 0.4) / 2))
+    with torch.no_grad():
+        model.stn.head.bias.copy_(torch.tensor([0.0, bound - u0, 0.0, 0.0]))  # scale exactly 0.5, centred
+    views = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(model.crop(views), views[:, :, 4:12, 4:12], atol=1e-5, rtol=0)
+    torch.testing.assert_close(model(views).detach(), (views[:, :, 4:12, 4:12] - 0.5) / 0.5, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        model.stn.head.bias.copy_(torch.tensor([0.0, 0.0, 20.0, 0.0]))  # pushed right to max_translation
+    seen = model(torch.ones(1, 3, 16, 16)).detach()
+    assert float(seen.min()) == pytest.approx(-1.0) and float(seen.max()) == pytest.approx(1.0)
 
 
-def test_theta_from_params_builds_the_given_rotation():
-    stn = rstn.SpatialTransformer("rts")
-    theta = stn.theta_from_params(torch.tensor([[math.pi / 6, 0.0, 0.0, 0.0]]))
-    scale, angle = rstn.theta_scale_angle(theta)
-    assert scale[0] == pytest.approx(1.0, abs=1e-6) and angle[0] == pytest.approx(30.0, abs=1e-4)
+def test_rts_is_rigid_in_the_photos_pixels_whatever_the_squeeze():
+    aspect = 4 / 3  # a 3:4 photo squeezed into a square
+    stn = rstn.SpatialTransformer("rts", aspect=aspect)
+    theta = stn.theta_from_params(torch.tensor([[math.pi / 6, 0.3, 0.1, -0.2]]))
+    a = theta[0, :, :2].double()
+    d = torch.diag(torch.tensor([1.0, aspect], dtype=torch.float64))
+    pixel = d @ a @ torch.linalg.inv(d)  # the same map in pixel units
+    gram = pixel.T @ pixel
+    torch.testing.assert_close(gram[0, 1], torch.tensor(0.0, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(gram[0, 0], gram[1, 1])  # a scaled rotation: no shear, no squeeze
+    scale, angle = rstn.theta_scale_angle(theta.numpy(), aspect=aspect)
+    assert angle[0] == pytest.approx(30.0, abs=1e-4)
+    assert not torch.allclose(a[0, 1], -a[1, 0].double())  # in the squeezed coordinates it is not a rotation
+
+
+def test_rts_scale_bound_holds_for_extreme_outputs():
+    stn = rstn.SpatialTransformer("rts", scale_range=(0.35, 1.25), max_translation=0.6, aspect=4 / 3)
+    for value in (-1e4, -30.0, 30.0, 1e4):
+        with torch.no_grad():
+            stn.head.bias.fill_(value)
+        stn(torch.randn(2, 3, 16, 16))
+        scale, _ = rstn.theta_scale_angle(stn.theta.numpy(), aspect=4 / 3)
+        assert np.all(scale >= 0.35 - 1e-5) and np.all(scale <= 1.25 + 1e-5), (value, scale)
+        assert stn.theta[:, :, 2].abs().max() <= 0.6 + 1e-6
+        assert np.isfinite(stn.theta.numpy()).all() and float(stn.penalty) == 0.0
+
+
+def test_affine_guard_penalty_grows_as_the_crop_collapses():
+    stn = rstn.SpatialTransformer("affine", scale_range=(0.4, 1.25), max_translation=0.5)
+    penalty = lambda t: float(stn.guard_penalty(torch.tensor([t], dtype=torch.float32)))  # noqa: E731
+    assert penalty([[1, 0, 0], [0, 1, 0]]) == 0.0
+    shrinking = [penalty([[s, 0, 0], [0, s, 0]]) for s in (0.3, 0.1, 1e-2)]
+    assert 0 < shrinking[0] < shrinking[1] < shrinking[2]
+    assert penalty([[1, 0, 0], [0, 1e-3, 0]]) > 1.0  # squeezed along one axis only
 
 
 @pytest.mark.parametrize("transform", ["rts", "affine"])
 def test_gradients_reach_the_localisation_net(transform):
     torch.manual_seed(0)
-    model = rstn.STNClassifier(rstn.SpatialTransformer(transform), tiny_classifier(), loc_size=16, out_size=12)
-    x, y = torch.randn(4, 3, 24, 24), torch.tensor([0, 1, 2, 0])
+    model = stn_model(transform, out_size=12, loc_size=16, classifier=tiny_classifier())
+    x, y = torch.rand(4, 3, 24, 24), torch.tensor([0, 1, 2, 0])
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    for step in range(2):
+    for _ in range(2):
         opt.zero_grad()
-        loss = F.cross_entropy(model(x), y) + model.regularisation()
-        loss.backward()
-        head = model.stn.head.weight.grad
-        assert head is not None and head.abs().sum() > 0  # the zero-initialised last layer learns from step 1
+        (F.cross_entropy(model(x), y) + model.regularisation()).backward()
+        assert model.stn.head.weight.grad.abs().sum() > 0  # the zero-initialised last layer learns from step 1
         opt.step()
-    # after one step the last layer is no longer zero, so the conv layers receive gradient too
-    first_conv = model.stn.features[0].weight.grad
-    assert first_conv is not None and first_conv.abs().sum() > 0
+    assert model.stn.features[0].weight.grad.abs().sum() > 0
+    feats, logits = rl.models.features_and_logits(model, x)  # the open-set hook finds the classifier's last layer
+    assert feats.shape == (4, 4) and logits.shape == (4, 3)
 
 
-def test_rts_scale_guard_holds_for_extreme_outputs():
-    stn = rstn.SpatialTransformer("rts", scale_range=(0.4, 1.25), max_translation=0.5)
-    for value in (-1e4, -30.0, 30.0, 1e4):
-        with torch.no_grad():
-            stn.head.bias.fill_(value)
-        stn(torch.randn(2, 3, 16, 16))
-        scale, _ = rstn.theta_scale_angle(stn.theta)
-        assert np.all(scale >= 0.4 - 1e-5) and np.all(scale <= 1.25 + 1e-5), (value, scale)
-        assert stn.theta[:, :, 2].abs().max() <= 0.5 + 1e-6
-        assert np.isfinite(stn.theta.numpy()).all()
-        assert float(stn.penalty) == 0.0
+# ---------------------------------------------------------------------------------------------
+# Geometry: the oracle, the hard slice, the correlations
+# ---------------------------------------------------------------------------------------------
+
+def quad_rows(angle_deg: float, scale: float, centre=(0.5, 0.5), aspect=4 / 3, size=(0.3, 0.6)):
+    """Manifest quads of a receipt of (width, height) = size x scale (fractions of the frame's width, so lengths
+    are true in pixels) turned by angle_deg counter-clockwise on screen about centre."""
+    w, h = size[0] * scale, size[1] * scale
+    corners = np.array([(-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)])
+    t = -math.radians(angle_deg)  # screen y points down
+    rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+    pts = corners @ rot.T
+    pts[:, 1] /= aspect  # back to fractions of the frame's height
+    pts += centre
+    mid_l, mid_r = (pts[0] * 0.8 + pts[3] * 0.2), (pts[1] * 0.8 + pts[2] * 0.2)
+    fmt = lambda q: " ".join(f"{v:.6f}" for v in np.asarray(q).ravel())  # noqa: E731
+    return {"header_quad": fmt([pts[0], pts[1], mid_r, mid_l]), "body_quad": fmt([mid_l, mid_r, pts[2], pts[3]])}
 
 
-def test_affine_guard_penalty_grows_as_the_crop_collapses_or_leaves():
-    stn = rstn.SpatialTransformer("affine", scale_range=(0.4, 1.25), max_translation=0.5)
-
-    def penalty(theta):
-        return float(stn.guard_penalty(torch.tensor([theta], dtype=torch.float32)))
-
-    assert penalty([[1, 0, 0], [0, 1, 0]]) == 0.0
-    assert penalty([[0.5, 0.1, 0.2], [-0.1, 0.6, -0.3]]) == 0.0  # inside the range: free
-    shrinking = [penalty([[s, 0, 0], [0, s, 0]]) for s in (0.3, 0.1, 1e-2, 1e-4)]  # zoom into nowhere
-    assert 0 < shrinking[0] < shrinking[1] < shrinking[2] < shrinking[3]
-    growing = [penalty([[s, 0, 0], [0, s, 0]]) for s in (1.5, 3.0, 10.0)]  # image shrunk to a dot
-    assert 0 < growing[0] < growing[1] < growing[2]
-    assert penalty([[1, 0, 0], [0, 1e-3, 0]]) > 1.0  # squeezed along one axis only
-    assert 0 < penalty([[1, 0, 0.8], [0, 1, 0]]) < penalty([[1, 0, 2.0], [0, 1, 0]])  # crop pushed out
-    # forced extreme localisation outputs: the training loss sees the penalty, and it points back
-    model = rstn.STNClassifier(stn, tiny_classifier(), loc_size=16, out_size=8)
-    with torch.no_grad():
-        stn.head.bias.copy_(torch.tensor([0.01, 0.0, 0.0, 0.0, 0.01, 0.0]))
-    model(torch.randn(2, 3, 16, 16))
-    reg = model.regularisation()
-    assert float(reg.detach()) > 1.0
-    reg.backward()
-    assert stn.head.bias.grad[0] < 0 and stn.head.bias.grad[4] < 0  # descent increases the scale
+def test_oracle_theta_undoes_rotation_zoom_and_shift():
+    aspect = 4 / 3
+    table = pd.DataFrame([quad_rows(0, 1.0), quad_rows(40, 1.0), quad_rows(-120, 0.5, centre=(0.3, 0.6))]
+                         + [{"header_quad": "", "body_quad": ""}])  # a real photo: no quads, the identity
+    theta = geometry.oracle_theta(table, aspect=aspect)
+    zoom, angle = geometry.pixel_scale_angle(theta.numpy(), aspect=aspect)
+    assert angle[1] == pytest.approx(-40, abs=1e-3) and angle[2] == pytest.approx(120, abs=1e-3)
+    assert zoom[2] == pytest.approx(zoom[0] * 0.5, rel=1e-4)  # half the size in frame: zoom in twice as much
+    torch.testing.assert_close(theta[2, :, 2], torch.tensor([-0.4, 0.2]), atol=1e-5, rtol=0)  # centred on it
+    torch.testing.assert_close(theta[3], torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
 
 
-def test_stn_classifier_output_shape_from_a_larger_input():
-    model = rstn.STNClassifier(rstn.SpatialTransformer("rts"), tiny_classifier(5), loc_size=16, out_size=(12, 12))
-    x = torch.randn(3, 3, 40, 40)
-    assert model(x).shape == (3, 5)
-    assert model.transformed(x).shape == (3, 3, 12, 12)
-    assert model.theta.shape == (3, 2, 3)
-    from receiptlib.models import features_and_logits
+def test_oracle_on_generated_photos_reads_the_generators_rotation():
+    world = rl.synth.make_world(0)
+    receipt = rl.synth.render_receipt(world.known[0], np.random.default_rng(1), width=160)
+    rows = [rl.synth.photograph(receipt, np.random.default_rng(seed), size=(192, 256), only="rotation")[1]
+            for seed in range(8)]
+    table = pd.DataFrame(rows)
+    assert table["rotation_deg"].abs().max() > 10  # the photos really are turned
+    _, angle = geometry.pixel_scale_angle(geometry.oracle_theta(table, aspect=256 / 192).numpy(), aspect=256 / 192)
+    # the oracle turns each photo back by the generator's own rotation (positive = counter-clockwise)
+    np.testing.assert_allclose((angle + table["rotation_deg"] + 180) % 360 - 180, 0, atol=1.0)
 
-    feats, logits = features_and_logits(model, x)  # the open-set hook finds the classifier's last layer
-    assert feats.shape == (3, 4) and logits.shape == (3, 5)
+
+def test_hard_mask_and_circular_correlation():
+    table = pd.DataFrame({"rotation_deg": [0, 30, -5, 0], "perspective": [0, 0, 0.05, 0], "scale": [1, 1, 1, 0.6]})
+    assert geometry.hard_mask(table).tolist() == [False, True, True, True]
+    with pytest.raises(ValueError, match="scale"):
+        geometry.hard_mask(table.drop(columns="scale"))
+    a = np.array([-170, -90, -10, 10, 95, 175.0])
+    assert geometry.circular_correlation(a, -a) == pytest.approx(-1.0)
+    assert geometry.circular_correlation(a, a + 30) == pytest.approx(1.0)  # a constant offset is still 1
+    rng = np.random.default_rng(0)
+    assert abs(geometry.circular_correlation(rng.uniform(-180, 180, 500), rng.uniform(-180, 180, 500))) < 0.15
 
 
-@pytest.mark.parametrize("recipe", ["fast", "paper"])
-def test_optimiser_follows_the_train_recipe_and_clips_the_localisation_net(recipe):
-    torch.manual_seed(0)
-    base = rstn.STNRecipe(recipe=recipe).train_recipe()
-    model = rstn.STNClassifier(rstn.SpatialTransformer("rts"), tiny_classifier(), loc_size=16, out_size=12)
-    groups = rstn.param_groups(model, base.lr, classifier_mult=1.0, loc_mult=0.1, loc_max_grad_norm=1e-3)
-    opt = rstn.make_optimizer(groups, base)
-    assert isinstance(opt, torch.optim.AdamW if base.optimizer == "adamw" else torch.optim.SGD)
-    for g in opt.param_groups:  # as train.make_optimizer: decay on weights only; the lr multipliers kept
-        assert g["weight_decay"] == (base.weight_decay if all(p.ndim > 1 for p in g["params"]) else 0.0)
-        assert g["lr"] == pytest.approx(base.lr * (0.1 if g["name"] == "localisation" else 1.0))
-    loc = [p for g in opt.param_groups if g["name"] == "localisation" for p in g["params"]]
-    assert len(loc) == len(list(model.stn.parameters()))
-    F.cross_entropy(model(torch.randn(4, 3, 24, 24)), torch.tensor([0, 1, 2, 0])).backward()
-    for p in loc:
-        p.grad = torch.full_like(p, 10.0)  # a huge localisation gradient
-    opt.step()
-    total = torch.sqrt(sum((p.grad ** 2).sum() for p in loc))
-    assert total == pytest.approx(1e-3, rel=1e-3)  # clipped jointly over the localisation net's groups
-    plain = rstn.make_optimizer(model.classifier.parameters(), base)  # a module's parameters: stage 1, ResNet alone
-    assert sum(len(g["params"]) for g in plain.param_groups) == len(list(model.classifier.parameters()))
+# ---------------------------------------------------------------------------------------------
+# The arms on a tiny synthetic set
+# ---------------------------------------------------------------------------------------------
+
+TINY = dict(image_size=32, view_size=64, loc_size=16, batch_size=16, max_train_images=64, stage1_epochs=1,
+            stage2_epochs=1, weights="none", loc_lr_mults=(1.0, 0.3), snapshots_per_stage=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_views(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stn")
+    data_dir = rl.synth.ensure_dataset("tiny", seed=0, root=root, workers=1)
+    recipe = rstn.STNRecipe(**TINY)
+    return data_dir, recipe, rstn.Views.load(data_dir, recipe, workers=0)
+
+
+@pytest.mark.slow
+def test_identity_arm_reproduces_arm_a(tiny_views):
+    _, recipe, views = tiny_views
+    stage1 = rstn.train_stage1(views, recipe, device="cpu", verbose=False)
+    a = rstn.train_arm("finetune", views, recipe, stage1=stage1, seed=1, device="cpu", verbose=False)
+    a2 = rstn.train_arm("identity", views, recipe, stage1=stage1, seed=1, device="cpu", verbose=False)
+    np.testing.assert_allclose(a.losses, a2.losses, rtol=1e-4, atol=1e-5)
+    pa = rstn.training.predict(a.model, views.test, "cpu")
+    pb = rstn.training.predict(a2.model, views.test, "cpu")
+    np.testing.assert_allclose(pa["logits"], pb["logits"], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(a2.model.stn.theta, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand_as(a2.model.stn.theta))
+
+
+@pytest.mark.slow
+def test_staged_starts_from_stage1_and_trains_only_the_transformer_first(tiny_views):
+    _, recipe, views = tiny_views
+    stage1 = rstn.train_stage1(views, recipe, device="cpu", verbose=False)
+    res = rstn.train_arm("staged", views, recipe, stage1=stage1, seed=0, device="cpu", phases=("transformer",),
+                         verbose=False)
+    # after the transformer-only phase the classifier is stage 1's, weights and BatchNorm statistics alike
+    for name, value in res.model.classifier.state_dict().items():
+        torch.testing.assert_close(value, stage1["state"][name], msg=name)
+    assert res.model.stn.head.weight.abs().sum() > 0  # and the transformer moved
+    assert res.summed_rates["head_gain"] >= 1.0
+    full = rstn.train_arm("staged", views, recipe, stage1=stage1, seed=0, device="cpu", verbose=False)
+    changed = [n for n, v in full.model.classifier.state_dict().items()
+               if v.dtype.is_floating_point and not torch.equal(v, stage1["state"][n])]
+    assert changed  # then both move
+    with pytest.raises(ValueError, match="stage1"):
+        rstn.train_arm("staged", views, recipe, stage1=None, seed=0, device="cpu")
+
+
+@pytest.mark.slow
+def test_compare_writes_the_table_intervals_and_mechanism(tiny_views, tmp_path):
+    data_dir, recipe, _ = tiny_views
+    arms = ("finetune", "identity", "staged")
+    summary = rstn.compare(data_dir, seeds=(0, 1), arms=arms, single_seed_arms=("identity",), out_dir=tmp_path / "c",
+                           device="cpu", workers=0, verbose=False, n_snapshot=4, **TINY)
+    assert set(summary["slice"]) == {"all", "hard"} and set(summary["arm"]) == set(arms)
+    loaded = rstn.load_comparison(tmp_path / "c")
+    cfg = loaded["config"]
+    assert cfg["hard_slice_size"] == int(rstn.geometry.hard_mask(loaded["test_table"]).sum()) > 0
+    assert cfg["oracle"]["n_known"] > 0 and str(cfg["loc_mult"]) in cfg["loc_scores"]
+    res = loaded["results"]
+    assert len(res[res["arm"] == "identity"]) == 2 and len(res[res["arm"] == "staged"]) == 4  # 1 seed x 2 slices
+    ref = summary[summary["arm"] == "finetune"]
+    assert (ref["accuracy_diff"] == 0).all() and (ref["accuracy_diff_low"] == 0).all()  # A against itself
+    for r in summary.itertuples():
+        assert r.accuracy_diff_low <= r.accuracy_diff + 1e-9 or r.arm == "identity"
+    assert set(loaded["mechanism"]["arm"]) == {"identity", "staged"}
+    assert {"angle_vs_rotation", "zoom_vs_scale", "mean_zoom"} <= set(loaded["mechanism"].columns)
+    grid, titles = rstn.experiment.snapshot_grid(loaded, "staged-seed0")
+    assert titles[0] == "input" and grid.shape[0] > 0
+    text = rstn.summary.conclusion(summary, cfg)
+    assert "Oracle ceiling" in text and "A′" in text
+    # the same configuration again: reused, not retrained
+    again = rstn.compare(data_dir, seeds=(0, 1), arms=arms, single_seed_arms=("identity",), out_dir=tmp_path / "c",
+                         device="cpu", workers=0, verbose=False, n_snapshot=4, **TINY)
+    pd.testing.assert_frame_equal(again, pd.read_csv(tmp_path / "c" / "summary.csv"))
+    with pytest.raises(FileExistsError):
+        rstn.compare(data_dir, seeds=(0,), arms=arms, out_dir=tmp_path / "c", device="cpu", workers=0,
+                     verbose=False, **TINY)
+
+
+def test_paired_intervals_are_zero_for_identical_arms_and_resample_other_by_chain():
+    rng = np.random.default_rng(0)
+    labels = np.r_[rng.integers(0, 3, 60), np.full(40, 3)]
+    groups = np.r_[[None] * 60, np.repeat(["x", "y", "z", "w"], 10)].astype(object)
+    kp = rng.integers(0, 3, (2, 100))
+    op = np.where(rng.random((2, 100)) < 0.3, 3, kp)
+    out = rstn.experiment.paired_intervals(labels, {"finetune": kp, "same": kp.copy()},
+                                           {"finetune": op, "same": op.copy()}, num_known=3, other_groups=groups,
+                                           n=200)
+    assert out["same"] == {"accuracy_diff_low": 0.0, "accuracy_diff_high": 0.0, "macro_f1_diff_low": 0.0,
+                           "macro_f1_diff_high": 0.0}
+    better = op.copy()
+    better[:, 60:] = 3  # every Other photo caught
+    out = rstn.experiment.paired_intervals(labels, {"finetune": kp, "better": kp}, {"finetune": op, "better": better},
+                                           num_known=3, other_groups=groups, n=200)
+    assert out["better"]["macro_f1_diff_low"] > 0
+    # an arm that catches the Other photos of two chains and misses the other two: resampled by chain, its gain
+    # varies as whole chains come and go; resampled photo by photo the interval is far too narrow
+    clustered = op.copy()
+    clustered[:, 60:80] = 3
+    clustered[:, 80:] = kp[:, 80:]
+    width = {}
+    for name, g in (("chain", groups), ("photo", None)):
+        r = rstn.experiment.paired_intervals(labels, {"finetune": kp, "c": kp}, {"finetune": op, "c": clustered},
+                                             num_known=3, other_groups=g, n=400)["c"]
+        width[name] = r["macro_f1_diff_high"] - r["macro_f1_diff_low"]
+    assert width["chain"] > 1.5 * width["photo"]
 
 
 def test_bad_configuration_is_refused_with_the_parameter_name():
     with pytest.raises(ValueError, match="transform"):
-        rstn.SpatialTransformer("perspective")
-    with pytest.raises(ValueError, match="scale_range"):
-        rstn.SpatialTransformer("rts", scale_range=(1.1, 2.0))
-    with pytest.raises(ValueError, match="stage2_epochs"):
-        rstn.STNRecipe(epochs=2, stage2_epochs=3)
-
-
-# ----------------------------------------------------------------------------------------------
-# Training on a tiny folder data set
-# ----------------------------------------------------------------------------------------------
-
-def make_folder(root, *, classes=("Alpha", "Beta", "Gamma"), per_class=(4, 2, 2), size=40):
-    """Tiny receipt-like images: a bright rectangle whose colour and stripe names the class."""
-    rng = np.random.default_rng(0)
-    rows = []
-    colours = {"Alpha": (200, 40, 40), "Beta": (40, 200, 40), "Gamma": (40, 40, 200), "Other": (200, 200, 40)}
-    for split, n in zip(("train", "val", "test"), per_class):
-        for cls in list(classes) + ([] if split == "train" else ["Other"]):
-            folder = root / split / cls
-            folder.mkdir(parents=True)
-            for i in range(n):
-                a = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
-                a[8:32, 12:28] = colours[cls]
-                a[10:12, 12:28] = 255
-                path = folder / f"{i}.png"
-                Image.fromarray(a).save(path)
-                rows.append({"path": path.relative_to(root).as_posix(), "rotation_deg": 40.0 * (i % 2),
-                             "perspective": 0.0})
-    import pandas as pd
-
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    return root
-
-
-# 32 px, not 16: bf16 conv backward on layer4's 1x1 maps gave garbage gradients (docs/decisions.md)
-TINY = dict(image_size=32, input_size=64, loc_size=16, epochs=2, stage2_epochs=1, freeze_epochs=1,
-            batch_size=4, lr=0.02, weights="none", overrides={"eval_batch_size": 8})
-
-
-@pytest.mark.slow
-def test_staged_training_starts_from_the_stage1_classifier(tmp_path):
-    data = make_folder(tmp_path / "data")
-    recipe = rstn.STNRecipe(**TINY)
-    # the ResNet run staged training branches off: its classifier after epochs - stage2_epochs = 1 epoch
-    plain = rstn.train_stn(data, recipe, mode="resnet", seed=0, device="cpu", workers=0, verbose=False)
-    expected = plain.stage1_state
-    reference = rstn.build_model(recipe, 3, "resnet")
-    reference.classifier.load_state_dict(expected)
-    seen = {}
-
-    def at_stage2_start(model):
-        seen["state"] = {k: v.clone() for k, v in model.classifier.state_dict().items()}
-        x = torch.randn(2, 3, 64, 64)
-        model.eval()
-        reference.eval()
-        seen["same_function"] = torch.allclose(model(x), reference(x), atol=1e-4)
-
-    res = rstn.train_stn(data, recipe, mode="staged", seed=0, device="cpu", workers=0, verbose=False,
-                         on_stage2_start=at_stage2_start, snapshot_images=torch.randn(2, 3, 64, 64))
-    assert seen["state"].keys() == expected.keys()
-    for k, v in expected.items():
-        assert torch.equal(seen["state"][k], v), k
-    assert seen["same_function"]  # identity transformer + stage-1 classifier = the stage-1 model
-    assert [r["stage"] for r in res.history] == ["stage1", "stage2"]
-    assert res.history[1]["classifier_frozen"] is True
-    # frozen for the whole of stage 2 here: the classifier did not move, the transformer did
-    for k, v in expected.items():
-        assert torch.equal(res.model.classifier.state_dict()[k], v), k
-    assert res.snapshots["epochs"].tolist() == [1, 2]
-    assert res.snapshots["outputs"].shape == (2, 2, 32, 32, 3) and res.snapshots["outputs"].dtype == np.uint8
-
-    # handed the ResNet run's stage 1 (what compare does), stage 2 is the very same as above
-    branched = rstn.train_stn(data, recipe, mode="staged", seed=0, device="cpu", workers=0, verbose=False,
-                              stage1=plain.stage1)
-    assert [r["stage"] for r in branched.history] == ["stage2"]
-    assert branched.history[0]["val_loss"] == res.history[1]["val_loss"]
-    for k, v in res.model.state_dict().items():
-        assert torch.equal(branched.model.state_dict()[k], v), k
-
-    # a given stage-1 state dict (e.g. a plain run's checkpoint) replaces stage 1
-    res2 = rstn.train_stn(data, recipe, mode="staged", seed=0, device="cpu", workers=0, verbose=False,
-                          stage1=expected, on_stage2_start=lambda m: seen.update(given=m.classifier.state_dict()))
-    assert all(torch.equal(seen["given"][k], v) for k, v in expected.items())
-    assert [r["stage"] for r in res2.history] == ["stage2"]
-    with pytest.raises(ValueError, match="stage1"):
-        rstn.train_stn(data, recipe, mode="resnet", seed=0, device="cpu", workers=0, verbose=False, stage1=expected)
-    # a branch of another run (here: another seed, another length) is refused, not continued at the wrong point
-    for other in ({"seed": 1}, {"recipe": dataclasses.replace(recipe, epochs=3)}):
-        with pytest.raises(ValueError, match="another run"):
-            rstn.train_stn(data, other.get("recipe", recipe), mode="staged", seed=other.get("seed", 0), device="cpu",
-                           workers=0, verbose=False, stage1=plain.stage1)
-
-
-def test_branch_carries_the_classifier_moments_and_the_schedule_position():
-    from receiptlib import train as rtrain
-
-    base = rtrain.get_recipe("fast", lr=0.01, warmup_epochs=1.0)
-    recipe = rstn.STNRecipe(image_size=32, input_size=64, loc_size=16)
-    torch.manual_seed(0)
-    plain = rstn.build_model(recipe, 3, "resnet")
-    opt = rstn.make_optimizer(plain.parameters(), base)
-    steps, epochs, n1 = 3, 4, 2
-    sched, per_step = rtrain.make_scheduler(opt, base, steps, epochs)
-    for _ in range(n1 * steps):
-        plain(torch.randn(2, 3, 64, 64)).sum().backward()
-        opt.step()
-        opt.zero_grad()
-        sched.step()
-    ckpt = rstn.stage1_checkpoint(plain.classifier, opt, epochs=n1, steps=steps, seed=0, train_recipe=base)
-    model = rstn.stage2_model(ckpt["model"], recipe, 3)
-    opt2 = rstn.make_optimizer(rstn.param_groups(model, base.lr, classifier_mult=1.0, loc_mult=0.1), base)
-    rstn.load_classifier_moments(opt2, model.classifier, ckpt["moments"])
-    schedule2 = rtrain.make_scheduler(opt2, base, steps, epochs)
-    rstn.advance_schedule(schedule2, epochs=n1, steps=steps)
-    for (name, p), p2 in zip(plain.classifier.named_parameters(), model.classifier.parameters()):
-        for key in ("exp_avg", "exp_avg_sq", "step"):
-            assert torch.equal(opt.state[p][key], opt2.state[p2][key]), (name, key)
-    assert all(not opt2.state[p] for p in model.stn.parameters())  # the transformer starts fresh
-    lr_now = {g["lr"] for g in opt.param_groups}
-    assert len(lr_now) == 1 and 0 < lr_now.pop() < base.lr  # part-way down the cosine
-    rates = {g.get("name"): g["lr"] for g in opt2.param_groups}
-    assert rates["classifier"] == pytest.approx(opt.param_groups[0]["lr"])
-    assert rates["localisation"] == pytest.approx(0.1 * opt.param_groups[0]["lr"])
-    with pytest.raises(ValueError, match="lack"):
-        rstn.load_classifier_moments(opt2, model.classifier, {"fc.weight": ckpt["moments"]["fc.weight"]})
-
-
-@pytest.mark.slow
-def test_resnet_and_staged_share_stage1_then_resnet_trains_on_without_a_transformer(tmp_path):
-    data = make_folder(tmp_path / "data")
-    recipe = rstn.STNRecipe(**{**TINY, "freeze_epochs": 0})
-    control = rstn.train_stn(data, recipe, mode="resnet", seed=0, device="cpu", workers=0, verbose=False)
-    staged = rstn.train_stn(data, recipe, mode="staged", seed=0, device="cpu", workers=0, verbose=False)
-    assert isinstance(control.model, rstn.ResizeClassifier)
-    assert [r["stage"] for r in control.history] == ["stage1", "stage2"]
-    assert staged.history[1]["lr"] == control.history[1]["lr"]  # the classifier's rate: the same schedule
-    # one ResNet run, staged branching off it: the same stage 1 on CPU, which is why compare trains it once
-    assert control.stage1_state.keys() == staged.stage1_state.keys()
-    for k, v in staged.stage1_state.items():
-        assert torch.equal(control.stage1_state[k], v), k
-    assert control.history[0]["val_loss"] == staged.history[0]["val_loss"]
-    moved = [k for k, v in control.stage1_state.items()
-             if v.is_floating_point() and not torch.equal(control.model.classifier.state_dict()[k], v)]
-    assert moved  # stage 2 trained the classifier on
-
-
-@pytest.mark.slow
-def test_compare_writes_table_curves_and_snapshots(tmp_path):
-    data = make_folder(tmp_path / "data")
-    runs_root = tmp_path / "runs"  # a notebook passes its data root's runs/, beside the training runs
-    summary = rstn.compare(data, seeds=(0, 1), runs_root=runs_root, n_snapshot=3, device="cpu", workers=0,
-                           verbose=False, **TINY)
-    out = Path(summary.attrs["out_dir"])
-    assert out.parent == runs_root and out.name.startswith("stn-")
-    assert set(summary["method"]) == {"resnet", "joint", "staged"}
-    assert set(summary["slice"]) == {"all", "hard"}
-    assert (summary["seeds"] == 2).all()
-    assert summary[["accuracy_mean", "macro_f1_mean"]].apply(lambda c: c.between(0, 1)).all().all()
-    loaded = rstn.load_comparison(out)
-    assert set(loaded["history"]["mode"]) == {"resnet", "joint", "staged"}
-    assert len(loaded["history"]) == 3 * 2 * TINY["epochs"]
-    h = loaded["history"]  # staged reused the resnet arm's stage 1: the same rows under its own name
-    first = h[h["stage"] == "stage1"].set_index(["seed", "mode"])["seconds"].unstack()
-    assert (first["resnet"] == first["staged"]).all()  # the same wall time: copied, not trained again
-    assert set(loaded["snapshots"]) == {"joint-seed0", "joint-seed1", "staged-seed0", "staged-seed1"}
-    assert loaded["snapshots"]["joint-seed0"]["epochs"].tolist() == [0, 1, 2]
-    assert loaded["inputs"]["images"].shape == (3, 64, 64, 3)
-    # a second call with the same configuration reuses the folder
-    again = rstn.compare(data, seeds=(0, 1), runs_root=runs_root, n_snapshot=3, device="cpu", workers=0,
-                         verbose=False, **TINY)
-    assert again.attrs["out_dir"] == str(out)
-    assert again.equals(summary) or np.allclose(again.select_dtypes("number"), summary.select_dtypes("number"), equal_nan=True)
-    # notebook 05 reads it back: the figures draw from the real files
-    import matplotlib.pyplot as plt
-
-    for fig in (rstn.learning_curves_figure(loaded["history"]), rstn.theta_figure(loaded["history"]),
-                rstn.snapshot_figure(loaded, "joint-seed1")):
-        assert fig.axes
-        plt.close(fig)
-    assert "Hard slice" in rstn.conclusion(summary, chance=1 / 3)
-
-
-def test_hard_mask_reads_the_manifest_for_absolute_and_relative_paths(tmp_path, monkeypatch):
-    import pandas as pd
-
-    data = tmp_path / "data"
-    (data / "test" / "A").mkdir(parents=True)
-    rows = [{"path": "test/A/0.jpg", "rotation_deg": -40.0, "perspective": 0.0},
-            {"path": "test/A/1.jpg", "rotation_deg": 10.0, "perspective": 0.09},
-            {"path": "test/A/2.jpg", "rotation_deg": 10.0, "perspective": 0.02}]
-    pd.DataFrame(rows).to_csv(data / "manifest.csv", index=False)
-    expected = [True, True, False]
-    absolute = [str(data / r["path"]) for r in rows]
-    assert rstn.hard_mask(data, absolute).tolist() == expected
-    monkeypatch.chdir(tmp_path)
-    assert rstn.hard_mask("data", [f"data/{r['path']}" for r in rows]).tolist() == expected
-    with pytest.raises(ValueError, match="not listed"):
-        rstn.hard_mask(data, [str(data / "test/A/9.jpg")])
-    assert rstn.hard_mask(tmp_path, absolute) is None  # no manifest (real photos): no hard slice
-
-
-# ----------------------------------------------------------------------------------------------
-# Notebook 05: the conclusion is written from the numbers, whatever they show
-# ----------------------------------------------------------------------------------------------
-
-def summary_table(values: dict, *, seeds: int = 3, n_test: int = 100):
-    """A hand-made ``compare`` summary: {(slice, method): (acc_mean, acc_std, f1_mean, f1_std)}."""
-    import pandas as pd
-
-    return pd.DataFrame([{"slice": sl, "method": m, "accuracy_mean": a, "accuracy_std": a_s, "macro_f1_mean": f,
-                          "macro_f1_std": f_s, "seeds": seeds, "n_test": n_test}
-                         for (sl, m), (a, a_s, f, f_s) in values.items()])
-
-
-def paragraphs(text: str) -> dict:
-    """The conclusion's paragraph per slice, keyed by its first words."""
-    return {p.split("**")[1]: p for p in text.split("\n\n")}
-
-
-def test_conclusion_names_the_winner_when_the_gap_exceeds_the_stds():
-    table = summary_table({("all", "resnet"): (0.70, 0.01, 0.60, 0.01), ("all", "joint"): (0.60, 0.02, 0.50, 0.02),
-                           ("all", "staged"): (0.80, 0.01, 0.70, 0.01),
-                           # the hard slice separately: here the transformer gains nothing beyond noise
-                           ("hard", "resnet"): (0.50, 0.05, 0.40, 0.05), ("hard", "joint"): (0.48, 0.05, 0.39, 0.05),
-                           ("hard", "staged"): (0.52, 0.05, 0.41, 0.05)})
-    text = rstn.conclusion(table, chance=0.04)
-    all_, hard = paragraphs(text)["All test photos"], paragraphs(text)[rstn.SLICE_NAMES["hard"]]
-    assert all_.count("**staged is best**") == 2  # macro-F1 and accuracy
-    assert "ResNet alone 0.600 ± 0.010, joint 0.500 ± 0.020, staged 0.700 ± 0.010" in all_
-    assert "joint training is below ResNet alone (the paper's failure reproduced)" in all_
-    assert "is above joint and above ResNet alone" in all_
-    assert "no difference within noise" not in all_ and "chance" not in text
-    assert hard.count("**no difference within noise**") == 2 and "is best" not in hard
-    assert "joint training is level with ResNet alone" in hard
-
-
-def test_conclusion_says_no_difference_within_noise_and_warns_at_chance():
-    table = summary_table({("all", m): (0.04 + d, 0.01, 0.03 + d, 0.01)
-                           for m, d in (("resnet", 0.0), ("joint", 0.005), ("staged", 0.008))})
-    text = rstn.conclusion(table, chance=0.04)
-    assert text.count("**no difference within noise**") == 2 and "is best" not in text
-    assert "Hard slice" not in text  # no hard slice without a manifest
-    assert all(name in text for name in ("ResNet alone", "joint", "staged"))
-    assert "within its std of chance (0.040)" in text and "says nothing about the transformer" in text
-    assert "within its std of chance" not in rstn.conclusion(table)  # chance unknown: no warning
-
-
-def test_conclusion_mixed_outcome_and_single_seed():
-    # staged leads, ResNet alone within noise of it, joint clearly behind
-    table = summary_table({("all", "resnet"): (0.70, 0.03, 0.60, 0.03), ("all", "joint"): (0.50, 0.01, 0.40, 0.01),
-                           ("all", "staged"): (0.72, 0.03, 0.62, 0.03)})
-    text = rstn.conclusion(table)
-    assert "**staged has the highest mean**; ResNet alone level with it within noise, joint behind it" in text
-    single = summary_table({("all", "resnet"): (0.70, float("nan"), 0.60, float("nan")),
-                            ("all", "joint"): (0.50, float("nan"), 0.40, float("nan")),
-                            ("all", "staged"): (0.72, float("nan"), 0.62, float("nan"))}, seeds=1)
-    text = rstn.conclusion(single)
-    assert "with one seed there is no spread" in text and "is best" not in text and "Against the paper" not in text
-    with pytest.raises(ValueError, match="empty"):
-        rstn.conclusion(single.iloc[:0])
-
-
-def test_format_table_shows_mean_and_std():
-    table = summary_table({("all", "resnet"): (0.7, 0.01, 0.6, 0.02), ("all", "staged"): (0.8, float("nan"), 0.7, float("nan"))})
-    shown = rstn.format_table(table)
-    assert shown.loc[("all", "ResNet alone"), "closed-set accuracy"] == "0.700 ± 0.010"
-    assert shown.loc[("all", "staged"), "macro-F1 with Other"] == "0.700"  # one seed: no std to show
+        rstn.STNRecipe(transform="perspective")
+    with pytest.raises(ValueError, match="view_size"):
+        rstn.STNRecipe(image_size=64, view_size=32)
+    with pytest.raises(ValueError, match="freeze_share"):
+        rstn.STNRecipe(freeze_share=1.0)
+    with pytest.raises(ValueError, match="aspect"):
+        rstn.SpatialTransformer("rts", aspect=0)
+    with pytest.raises(ValueError, match="arm"):
+        rstn.train_arm("perspective", None, rstn.STNRecipe(), stage1=None, seed=0)
+    assert dataclasses.replace(rstn.STNRecipe(), loc_lr_mults=[1, 0.5]).loc_lr_mults == (1.0, 0.5)

@@ -43,8 +43,11 @@ def training_precision(preset: str = presets.REPORT_PRESET) -> str:
 
 
 def notebooks(notebooks_dir: str | Path = "notebooks", only: list[str] | None = None) -> list[Path]:
-    """The report's notebooks in order; `only` keeps those whose name starts with one of the given prefixes."""
-    found = sorted(Path(notebooks_dir).glob(NOTEBOOK_GLOB))
+    """The report's notebooks in order; `only` keeps those whose name starts with one of the given prefixes. The
+    runner's own copies (`NN_x.running.ipynb` of an interrupted run, `NN_x.failed.ipynb`) are not notebooks of it:
+    a leftover one was once run after its original and failed the report."""
+    found = sorted(p for p in Path(notebooks_dir).glob(NOTEBOOK_GLOB)
+                   if not p.name.endswith((".running.ipynb", ".failed.ipynb")))
     if not found:
         raise FileNotFoundError(f"no notebooks {NOTEBOOK_GLOB} in {Path(notebooks_dir).resolve()}; run from the repository root")
     if only:
