@@ -153,6 +153,19 @@ def test_oracle_theta_undoes_rotation_zoom_and_shift():
     torch.testing.assert_close(theta[3], torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
 
 
+def test_oracle_never_zooms_out_a_long_receipt_and_shows_its_top():
+    aspect = 4 / 3
+    # a receipt twice the frame's height, its top at y = 0.1 of the frame (photographed from the top)
+    row = quad_rows(0, 1.0, centre=(0.5, 0.1 + 2.0 / aspect / 2), size=(0.5, 2.0))
+    theta = geometry.oracle_theta(pd.DataFrame([row]), aspect=aspect)
+    zoom, _ = geometry.pixel_scale_angle(theta.numpy(), aspect=aspect)
+    assert zoom[0] == pytest.approx(1.0)  # not shrunk to fit: the header stays legible
+    # the output's top centre, just inside the edge, reads the receipt's top centre
+    y_top = -0.95
+    read = theta[0, :, :2] @ torch.tensor([0.0, y_top]) + theta[0, :, 2]
+    torch.testing.assert_close(read, torch.tensor([0.0, 0.1 * 2 - 1]), atol=1e-5, rtol=0)
+
+
 def test_oracle_on_generated_photos_reads_the_generators_rotation():
     world = rl.synth.make_world(0)
     receipt = rl.synth.render_receipt(world.known[0], np.random.default_rng(1), width=160)

@@ -140,7 +140,7 @@ def stn_section(r: dict, notebook: str, fig) -> list[str]:
     o = r.get("oracle")
     if o:
         lines += [f"Spatial transformer, section VII ({notebook}). Oracle ceiling (the stage-1 classifier on test photos "
-                  f"set upright, centred and sized by the manifest): closed-set accuracy {_num(o['identity']['accuracy'])} "
+                  f"set upright and sized as an aimed shot by the manifest): closed-set accuracy {_num(o['identity']['accuracy'])} "
                   f"→ {_num(o['oracle']['accuracy'])}; on the hard slice's {o['n_hard_known']} known photos "
                   f"{_num(o['identity']['hard_accuracy'])} → {_num(o['oracle']['hard_accuracy'])}.", ""]
     hard = f"; hard slice: {r['hard_slice_size']} of {r['test_size']} test photos" if r.get("hard_slice_size") else ""

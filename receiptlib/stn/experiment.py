@@ -164,7 +164,7 @@ def compare(data_dir: str | Path, *, seeds: Sequence[int] = (0, 1, 2), recipe: S
         stage1_run = stage1_run if isinstance(stage1_run, rruns.Run) else rruns.Run(stage1_run)
         stage1_id = {"run": stage1_run.name, "identity": stage1_run.config.get("identity")}
     config = {"recipe": asdict(recipe), "seeds": [int(s) for s in seeds], "arms": arms, "single_seed_arms": single,
-              "stage1_run": stage1_id, "n_snapshot": n_snapshot, "data": rruns.data_fingerprint(data_dir), "version": 2}
+              "stage1_run": stage1_id, "n_snapshot": n_snapshot, "data": rruns.data_fingerprint(data_dir), "version": 3}
     digest = hashlib.sha256(_identity(config).encode()).hexdigest()[:8]
     out = Path(out_dir) if out_dir is not None else Path(runs_root) / f"stn-{digest}"
     if (out / "summary.csv").is_file() and (out / "config.json").is_file():

@@ -99,7 +99,7 @@ def conclusion(summary, config: dict | None = None, *, digits: int = 3) -> str:
         verdict = ("enough for a transformer to show an effect" if max(gain, hard_gain) >= 0.02 else
                    "less than 2 points: no transformer can show an effect on these photos, whatever it learns")
         paragraphs.append(
-            f"**Oracle ceiling** (the stage-1 classifier on test photos set upright, centred and sized by the manifest's "
+            f"**Oracle ceiling** (the stage-1 classifier on test photos set upright and sized as an aimed shot by the manifest's "
             f"own geometry): closed-set accuracy {oracle['identity']['accuracy']:.{digits}f} as photographed, "
             f"{oracle['oracle']['accuracy']:.{digits}f} canonicalised ({gain:+.{digits}f}); on the hard slice's "
             f"{oracle['n_hard_known']} known photos {oracle['identity']['hard_accuracy']:.{digits}f} → "
