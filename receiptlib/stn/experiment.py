@@ -89,15 +89,17 @@ def paired_intervals(labels: np.ndarray, known_preds: dict, open_preds: dict, *,
     return out
 
 
-def mechanism(theta: np.ndarray, table, *, aspect: float, known: np.ndarray) -> dict:
+def mechanism(theta: np.ndarray, table, *, aspect: float, known: np.ndarray, oracle: np.ndarray | None = None) -> dict:
     """Does the transformer undo the photo's geometry? On the known test photos: the circular correlation of
     its angle with the manifest's rotation_deg (-1: it turns every photo back by its rotation) and with the
     oracle's angle (+1), and the Pearson correlation of its zoom with the receipt's scale in frame (manifest
-    ``scale``) and with the oracle's zoom (+1: it zooms in on small receipts)."""
+    ``scale``) and with the oracle's zoom (+1: it zooms in on small receipts). ``oracle``: the photos'
+    ``oracle_theta`` when the caller has it (default: computed here)."""
     if table is None:
         return {}
     zoom, angle = pixel_scale_angle(theta[known], aspect=aspect)
-    o_zoom, o_angle = pixel_scale_angle(oracle_theta(table, aspect=aspect).numpy()[known], aspect=aspect)
+    oracle = oracle_theta(table, aspect=aspect).numpy() if oracle is None else oracle
+    o_zoom, o_angle = pixel_scale_angle(oracle[known], aspect=aspect)
     rotation = table["rotation_deg"].to_numpy(float)[known]
     scale = table["scale"].to_numpy(float)[known]
 
@@ -208,6 +210,8 @@ def compare(data_dir: str | Path, *, seeds: Sequence[int] = (0, 1, 2), recipe: S
         say(f"[stn] localisation rate: x{loc_mult} (chosen on val)")
 
     test_table = views.tables["test"]
+    test_oracle = views.oracle("test")  # once, for every arm's mechanism checks
+    test_oracle = None if test_oracle is None else test_oracle.numpy()
     hard = views.hard()
     labels = views.test.labels.numpy().astype(np.int64)
     known_mask = labels < k
@@ -247,7 +251,7 @@ def compare(data_dir: str | Path, *, seeds: Sequence[int] = (0, 1, 2), recipe: S
                 if hard is not None:
                     hard_stats = {"hard_mean_zoom": float(zoom[hard].mean()),
                                   "hard_mean_abs_rotation_deg": float(np.abs(angle[hard]).mean())}
-                m = mechanism(outs["test"]["theta"], test_table, aspect=views.aspect, known=known_mask)
+                m = mechanism(outs["test"]["theta"], test_table, aspect=views.aspect, known=known_mask, oracle=test_oracle)
                 mech.append({"arm": arm, "seed": seed, **stats, **hard_stats, **m})
             for name, mask in slices.items():
                 rows.append({"arm": arm, "seed": seed, "slice": name, **slice_metrics(labels, kp, op, k, mask)})

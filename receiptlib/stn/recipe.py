@@ -7,7 +7,6 @@ seeded training batches, and the rate schedules.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -148,15 +147,8 @@ class Views:
 # ----------------------------------------------------------------------------------------------
 
 def warmup_cosine(total: int, warmup: float) -> Callable[[int], float]:
-    """The rate factor at step t of ``total``: linear warm-up over ``warmup`` x total steps, then cosine to 0."""
-    warm = min(total - 1, int(round(warmup * total)))
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / (warm + 1)
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    return factor
+    """``train.warmup_cosine`` (the plain recipe's schedule) with the warm-up as a share of ``total`` steps."""
+    return rtrain.warmup_cosine(total, int(round(warmup * total)))
 
 
 def summed_rate(lr: float, total: int, warmup: float) -> float:

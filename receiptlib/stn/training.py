@@ -144,6 +144,12 @@ def predict(model: nn.Module, images: rtrain.CachedImages, device, *, batch_size
     return out
 
 
+def known_accuracy(outputs: dict, num_known: int) -> float:
+    """Closed-set accuracy of ``predict``'s outputs on the known photos."""
+    known = outputs["labels"] < num_known
+    return float((outputs["logits"][known].argmax(1) == outputs["labels"][known]).mean())
+
+
 @torch.inference_mode()
 def transform_stats(model: STNClassifier, views: torch.Tensor, *, aspect: float) -> dict:
     """The transformer on raw views: mean zoom and |rotation| (pixel space), mean |translation|, mean det of
@@ -182,9 +188,7 @@ def train_stage1(views: Views, recipe: STNRecipe, *, seed: int = 0, device: str 
     losses = fit(model, [_group(model.parameters(), recipe.lr, "classifier", factor)],
                  batches(views, recipe, seed=seed, first_epoch=0, steps=steps, device=dev),
                  weight_decay=recipe.weight_decay, device=dev)
-    val = predict(model, views.val, dev)
-    known = val["labels"] < views.num_classes()
-    acc = float((val["logits"][known].argmax(1) == val["labels"][known]).mean())
+    acc = known_accuracy(predict(model, views.val, dev), views.num_classes())
     if verbose:
         print(f"[stn] stage 1: {steps} steps, val accuracy {acc:.4f} ({time.perf_counter() - t0:.0f} s)")
     return {"state": {k: v.detach().clone() for k, v in model.classifier.state_dict().items()}, "losses": losses,
@@ -210,9 +214,7 @@ def stage1_from_run(run, recipe: STNRecipe, views: Views) -> dict:
     stage1 = {"state": state, "losses": [], "steps": steps, "seed": run.config.get("seed"), "run": str(run.path)}
     dev = pick_device("auto")
     model = wrap(_from_stage1(stage1, recipe, views.num_classes()), recipe).to(dev)
-    val = predict(model, views.val, dev)
-    known = val["labels"] < views.num_classes()
-    stage1.update(val_acc=float((val["logits"][known].argmax(1) == val["labels"][known]).mean()),
+    stage1.update(val_acc=known_accuracy(predict(model, views.val, dev), views.num_classes()),
                   seconds=time.perf_counter() - t0)
     return stage1
 
@@ -385,16 +387,13 @@ def oracle_scores(views: Views, recipe: STNRecipe, stage1: dict, *, device: str 
     if theta is None:
         return None
     dev = pick_device(device)
-    model = wrap(_from_stage1(stage1, recipe, views.num_classes()), recipe, new_transformer(recipe, views.aspect)).to(dev)
-    model.eval()
+    model = wrap(_from_stage1(stage1, recipe, views.num_classes()), recipe).to(dev).eval()  # the view resized
     preds = {"identity": [], "oracle": []}
-    norm = model.normalise
     for (x, _), th in zip(views.test.batches(batch_size=32), theta.split(32)):
         x = x.to(dev)
-        plain = norm(F.interpolate(x, size=model.out_size, mode="bilinear", align_corners=False))
-        canonical = norm(SpatialTransformer.sample(x, th.to(dev), model.out_size))
-        for name, inputs in (("identity", plain), ("oracle", canonical)):
-            preds[name].append(model.classifier(inputs.contiguous(memory_format=torch.channels_last)).argmax(1).cpu())
+        canonical = SpatialTransformer.sample(x, th.to(dev), model.out_size)  # already out_size: crop() keeps it
+        for name, view in (("identity", x), ("oracle", canonical)):
+            preds[name].append(model(view).argmax(1).cpu())
     labels = views.test.labels.numpy()
     known = labels < views.num_classes()
     hard = views.hard()

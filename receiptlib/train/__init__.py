@@ -19,12 +19,12 @@ from .checkpoint import rng_state, set_rng_state
 from .distributed import Dist, setup_dist
 from .fit import train, write_history, write_outputs, write_train_outputs
 from .loop import (NonFiniteLoss, amp_dtype, batch_plan, evaluate, make_ema, make_optimizer, make_scheduler,
-                   run_epoch, train_one_epoch)
+                   run_epoch, train_one_epoch, warmup_cosine)
 from .recipe import RECIPES, Recipe, TrainConfig, get_recipe
 from .sources import CachedImages, CachedTrain, PerImageTrain, subset_indices
 
 __all__ = ["Recipe", "RECIPES", "get_recipe", "TrainConfig", "augment_batch", "colour_matrices", "draw_augment",
            "normalize_batch", "CachedImages", "CachedTrain", "PerImageTrain", "subset_indices", "train_one_epoch",
-           "evaluate", "run_epoch", "make_optimizer", "make_ema", "make_scheduler", "batch_plan", "amp_dtype",
+           "evaluate", "run_epoch", "make_optimizer", "make_ema", "make_scheduler", "warmup_cosine", "batch_plan", "amp_dtype",
            "NonFiniteLoss", "Dist", "setup_dist", "rng_state", "set_rng_state", "train", "write_history",
            "write_outputs", "write_train_outputs", "get_or_train", "report_config", "upgrade"]

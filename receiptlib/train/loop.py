@@ -184,14 +184,21 @@ def make_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int, epochs: int)
     if recipe.schedule == "exponential":
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=recipe.gamma), False
     total = max(1, steps_per_epoch * epochs)
-    warm = min(total - 1, int(round(recipe.warmup_epochs * steps_per_epoch)))
+    factor = warmup_cosine(total, int(round(recipe.warmup_epochs * steps_per_epoch)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
+
+
+def warmup_cosine(total: int, warm: int) -> Callable[[int], float]:
+    """The rate factor at step t of ``total``: linear warm-up over ``warm`` steps (at most total - 1), then
+    cosine to 0."""
+    warm = min(total - 1, warm)
 
     def factor(step: int) -> float:
         if step < warm:
             return (step + 1) / (warm + 1)
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
+    return factor
 
 
 def run_epoch(model: nn.Module, criterion: Callable, optimizer: torch.optim.Optimizer, source, epoch: int, *,
